@@ -1,0 +1,124 @@
+"""The one error hierarchy of the service.
+
+Every failure the caller can fix is a ``ServiceError`` subclass that carries its
+HTTP status and a stable machine-readable code. ``lambda_function`` is the only
+place that turns them into responses; everything else raises them.
+
+Messages are written for the caller: they name the field, tag or limit to change.
+They never carry credentials, signed query strings or patient data, because they
+are returned to the caller and written to the logs.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of every error the service reports on purpose."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(ServiceError):
+    """The request itself is wrong: a missing or invalid field."""
+
+    status = 400
+    code = "invalid_request"
+
+
+class InvalidUrl(InvalidRequest):
+    """The URL cannot be parsed, or names a scheme or form we do not fetch."""
+
+    code = "invalid_url"
+
+
+class Forbidden(ServiceError):
+    """The source refused access, or the URL policy blocks the target."""
+
+    status = 403
+    code = "forbidden"
+
+
+class BlockedByPolicy(Forbidden):
+    """The URL policy (allowed hosts, private networks, buckets) refuses the URL."""
+
+    code = "blocked_by_policy"
+
+
+class NotFound(ServiceError):
+    """The source answered that the object does not exist."""
+
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, allow: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+
+class TooLarge(ServiceError):
+    """A size limit was exceeded: download size, pixel budget or response size."""
+
+    status = 413
+    code = "too_large"
+
+
+class UnsupportedImage(ServiceError):
+    """Valid DICOM that we cannot render: transfer syntax, pixel format, etc."""
+
+    status = 415
+    code = "unsupported_image"
+
+
+class UnsupportedTransferSyntax(UnsupportedImage):
+    code = "unsupported_transfer_syntax"
+
+
+class InvalidDicom(ServiceError):
+    """The input is not renderable DICOM: not DICOM, corrupt or truncated."""
+
+    status = 422
+    code = "invalid_dicom"
+
+
+class NotDicom(InvalidDicom):
+    code = "not_dicom"
+
+
+class NoPixelData(InvalidDicom):
+    code = "no_pixel_data"
+
+
+class CorruptDicom(InvalidDicom):
+    code = "corrupt_dicom"
+
+
+class UpstreamError(ServiceError):
+    """The source failed in a way the caller cannot fix by changing the request."""
+
+    status = 502
+    code = "upstream_error"
+
+
+class UpstreamTimeout(ServiceError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class ConfigurationError(ServiceError):
+    """The function is deployed with invalid or missing settings.
+
+    The operator, not the caller, has to act; the message says which setting.
+    """
+
+    status = 500
+    code = "configuration_error"

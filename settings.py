@@ -1,0 +1,194 @@
+"""Explicit, validated settings for every part of the service.
+
+One frozen ``Settings`` object is built once per execution environment.
+Precedence for each field: explicit argument, then the environment variable of
+the same name in upper case (``MAX_DOWNLOAD_BYTES``), then the ``settings``
+section of ``lambda_config.json``, then the default written here.
+
+Secrets (the R2 keys) come from the environment or arguments only, never from
+the config file, and never appear in ``repr``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from errors import ConfigurationError
+
+CONFIG_PATH = Path(__file__).resolve().with_name("lambda_config.json")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+OUTPUT_FORMATS = ("jpg", "jpeg", "png", "webp")
+
+# Lambda's synchronous response payload limit (6 MB, counted in bytes).
+LAMBDA_RESPONSE_LIMIT = 6 * 1024 * 1024
+
+
+def _secret() -> Any:
+    return field(default=None, repr=False, metadata={"secret": True})
+
+
+@dataclass(frozen=True)
+class Settings:
+    log_level: str = "INFO"
+
+    # Work folders under /tmp (temp_cleaner).
+    temp_root: str = "/tmp/dicom-lambda"
+    sweep_interval_seconds: int = 300
+    stale_after_seconds: int = 86_400
+    min_free_tmp_bytes: int = 64 * 1024 * 1024
+
+    # Downloads and the URL policy (file_downloader).
+    max_download_bytes: int = 256 * 1024 * 1024
+    connect_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 15.0
+    download_deadline_seconds: float = 25.0
+    download_retries: int = 2
+    max_redirects: int = 5
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_buckets: tuple[str, ...] = ()
+    s3_endpoint_url: str | None = None
+    r2_endpoint_url: str | None = None
+    r2_access_key_id: str | None = _secret()
+    r2_secret_access_key: str | None = _secret()
+
+    # Rendering (dicom_converter).
+    max_pixel_bytes: int = 256 * 1024 * 1024
+    default_quality: int = 85
+    default_output_format: str = "jpg"
+
+    # Responses (lambda_function).
+    output_bucket: str | None = None
+    output_prefix: str = "converted/"
+    url_expiry_seconds: int = 3600
+    max_response_bytes: int = LAMBDA_RESPONSE_LIMIT
+    cors_origins: tuple[str, ...] = ("*",)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+def _parse_tuple(value: Any) -> tuple[str, ...]:
+    if isinstance(value, (list, tuple)):
+        items = [str(v) for v in value]
+    else:
+        items = str(value).split(",")
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def _parse_optional_str(value: Any) -> str | None:
+    text = str(value).strip()
+    return text or None
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": _parse_bool,
+    "tuple[str, ...]": _parse_tuple,
+    "str | None": _parse_optional_str,
+}
+
+
+def _coerce(name: str, type_name: str, value: Any, origin: str) -> Any:
+    if value is None:
+        return None
+    try:
+        return _PARSERS[type_name](value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"setting {name.upper()} from {origin} must be of type {type_name}, got {value!r}"
+        ) from exc
+
+
+def _validate(s: Settings) -> None:
+    def fail(name: str, rule: str) -> None:
+        raise ConfigurationError(f"setting {name.upper()} {rule}, got {getattr(s, name)!r}")
+
+    if s.log_level.upper() not in LOG_LEVELS:
+        fail("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    if s.default_output_format.lower() not in OUTPUT_FORMATS:
+        fail("default_output_format", f"must be one of {', '.join(OUTPUT_FORMATS)}")
+    if not 1 <= s.default_quality <= 100:
+        fail("default_quality", "must be between 1 and 100")
+    for name in (
+        "max_download_bytes",
+        "max_pixel_bytes",
+        "max_response_bytes",
+        "url_expiry_seconds",
+        "sweep_interval_seconds",
+        "stale_after_seconds",
+        "connect_timeout_seconds",
+        "read_timeout_seconds",
+        "download_deadline_seconds",
+    ):
+        if getattr(s, name) <= 0:
+            fail(name, "must be greater than 0")
+    for name in ("download_retries", "max_redirects", "min_free_tmp_bytes"):
+        if getattr(s, name) < 0:
+            fail(name, "must not be negative")
+    if not s.temp_root:
+        fail("temp_root", "must name a folder")
+
+
+def _config_file_values(path: Path) -> Mapping[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"{path.name} is not valid JSON: {exc}") from exc
+    values = document.get("settings", {}) if isinstance(document, dict) else {}
+    if not isinstance(values, dict):
+        raise ConfigurationError(f"{path.name}: 'settings' must be an object")
+    return values
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+) -> Settings:
+    """Build settings with the precedence argument > environment > config file > default."""
+    overrides = dict(overrides or {})
+    environ = os.environ if environ is None else environ
+    file_values = _config_file_values(config_path or CONFIG_PATH)
+    known = {f.name: f for f in fields(Settings)}
+    unknown = sorted(set(overrides) - set(known)) + sorted(set(file_values) - set(known))
+    if unknown:
+        raise ConfigurationError(f"unknown setting(s): {', '.join(unknown)}")
+
+    values: dict[str, Any] = {}
+    for name, spec in known.items():
+        type_name = str(spec.type)
+        env_name = name.upper()
+        if name in overrides:
+            values[name] = _coerce(name, type_name, overrides[name], "arguments")
+        elif env_name in environ:
+            values[name] = _coerce(name, type_name, environ[env_name], "the environment")
+        elif name in file_values:
+            if spec.metadata.get("secret"):
+                raise ConfigurationError(
+                    f"{name} must not be stored in lambda_config.json; set {env_name} instead"
+                )
+            values[name] = _coerce(name, type_name, file_values[name], "lambda_config.json")
+    return Settings(**values)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings of this execution environment, built and validated once."""
+    return load_settings()
