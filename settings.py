@@ -75,10 +75,7 @@ class Settings:
 
 
 def _parse_tuple(value: Any) -> tuple[str, ...]:
-    if isinstance(value, (list, tuple)):
-        items = [str(v) for v in value]
-    else:
-        items = str(value).split(",")
+    items = [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value).split(",")
     return tuple(item.strip() for item in items if item.strip())
 
 
