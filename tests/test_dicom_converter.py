@@ -1,0 +1,506 @@
+"""Rendering stages, options and errors of dicom_converter.
+
+Where pydicom's bundled files lack a case (MONOCHROME1, VOI LUT Sequence,
+segmented palettes, invalid windows, ...) the test builds a small file itself.
+Expected values come from the formulas in PS3.3 C.11, not from the code.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from dicom_converter import (
+    PRESETS,
+    RenderOptions,
+    Window,
+    render,
+    viewport_size,
+)
+from errors import (
+    CorruptDicom,
+    InvalidRequest,
+    NoPixelData,
+    NotDicom,
+    TooLarge,
+    UnsupportedTransferSyntax,
+)
+from settings import load_settings
+from tests.corpus import bundled_file, corpus_file
+
+
+def write_image(folder: Path, pixels: np.ndarray, name: str = "image.dcm", **attrs: Any) -> Path:
+    """Write a single-frame grayscale (or RGB) image with the given attributes."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "OT"
+    ds.PatientName = "SECRET^PATIENT"
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel = 1 if pixels.ndim == 2 else pixels.shape[2]
+    ds.PhotometricInterpretation = "MONOCHROME2" if pixels.ndim == 2 else "RGB"
+    if pixels.ndim == 3:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated = pixels.dtype.itemsize * 8
+    ds.BitsStored = ds.BitsAllocated
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels.tobytes()
+    path = folder / name
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def decoded(result_image: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(result_image)))
+
+
+def render_png(path: Path, **options: Any) -> tuple[np.ndarray, Any]:
+    result = render(path, RenderOptions(output_format="png", **options))
+    return decoded(result.image), result
+
+
+RAMP = np.arange(0, 1024, 4, dtype=np.uint16).reshape(16, 16)
+
+
+def linear_window(x: np.ndarray, c: float, w: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.2.1, to 8 bits by truncation."""
+    y = ((x - (c - 0.5)) / (w - 1) + 0.5) * 255
+    return np.floor(np.clip(y, 0, 255) + 1e-6).astype(np.uint8)
+
+
+# --- Modality LUT (C.11.1) -------------------------------------------------
+
+
+def test_rescale_slope_and_intercept_feed_the_window(tmp_path: Path) -> None:
+    path = write_image(
+        tmp_path, RAMP, RescaleSlope=2, RescaleIntercept=-1000, WindowCenter=0, WindowWidth=1000
+    )
+    pixels, result = render_png(path)
+    expected = linear_window(RAMP * 2.0 - 1000, 0, 1000)
+    assert np.array_equal(pixels, expected)
+    assert result.window.source == "file"
+
+
+def test_modality_lut_sequence_replaces_rescale(tmp_path: Path) -> None:
+    item = Dataset()
+    item.LUTDescriptor = [256, 0, 16]
+    # Stored value v maps to 4 * v (values beyond the LUT clip to the last entry).
+    item.add_new(0x00283006, "US", [4 * v for v in range(256)])  # LUT Data
+    item.ModalityLUTType = "US"
+    pixels = np.arange(0, 256, dtype=np.uint16).reshape(16, 16)
+    path = write_image(
+        tmp_path, pixels, ModalityLUTSequence=Sequence([item]), WindowCenter=512, WindowWidth=1024
+    )
+    out, _ = render_png(path)
+    assert np.array_equal(out, linear_window(pixels * 4.0, 512, 1024))
+
+
+def test_signed_pixels_and_bits_stored_below_allocated(tmp_path: Path) -> None:
+    pixels = np.array([[-2048, -1], [0, 2047]], dtype=np.int16)
+    path = write_image(tmp_path, pixels, BitsStored=12, HighBit=11)
+    out, result = render_png(path)
+    assert result.window.source == "min_max"
+    assert out.tolist() == [[0, 127], [127, 255]]
+
+
+# --- VOI (C.11.2) ------------------------------------------------------------
+
+
+def test_requested_window_wins_over_the_file(tmp_path: Path) -> None:
+    path = write_image(tmp_path, RAMP, WindowCenter=100, WindowWidth=50)
+    out, result = render_png(path, window=Window(500, 400))
+    assert np.array_equal(out, linear_window(RAMP.astype(float), 500, 400))
+    assert (result.window.source, result.window.center, result.window.width) == (
+        "request",
+        500,
+        400,
+    )
+
+
+def test_first_of_multiple_zero_padded_windows(tmp_path: Path) -> None:
+    path = write_image(tmp_path, RAMP, WindowCenter=["00500", "00020"], WindowWidth=["00400", "1"])
+    out, result = render_png(path)
+    assert (result.window.center, result.window.width) == (500, 400)
+    assert np.array_equal(out, linear_window(RAMP.astype(float), 500, 400))
+
+
+def test_zero_window_width_falls_back_to_min_max(tmp_path: Path) -> None:
+    path = write_image(tmp_path, RAMP, WindowCenter=1, WindowWidth=0)
+    out, result = render_png(path)
+    assert result.window.source == "min_max"
+    assert out.min() == 0 and out.max() == 255
+
+
+def test_flat_image_gives_flat_output(tmp_path: Path) -> None:
+    path = write_image(tmp_path, np.full((8, 8), 777, np.uint16), WindowCenter=1, WindowWidth=0)
+    out, _ = render_png(path)
+    assert np.unique(out).size == 1
+
+
+def test_voi_lut_sequence_when_no_window(tmp_path: Path) -> None:
+    item = Dataset()
+    item.LUTDescriptor = [1024, 0, 8]
+    item.add_new(0x00283006, "US", [255 - v // 4 for v in range(1024)])  # an inverting LUT
+    path = write_image(tmp_path, RAMP, VOILUTSequence=Sequence([item]))
+    out, result = render_png(path)
+    assert result.window.source == "voi_lut"
+    assert np.array_equal(out, (255 - RAMP // 4).astype(np.uint8))
+
+
+def test_sigmoid_function(tmp_path: Path) -> None:
+    path = write_image(tmp_path, RAMP, WindowCenter=512, WindowWidth=300, VOILUTFunction="SIGMOID")
+    out, result = render_png(path)
+    expected = np.floor(255 / (1 + np.exp(-4 * (RAMP - 512.0) / 300)) + 1e-6)
+    assert result.window.function == "SIGMOID"
+    assert np.array_equal(out, expected.astype(np.uint8))
+
+
+def test_linear_exact_function(tmp_path: Path) -> None:
+    path = write_image(tmp_path, RAMP)
+    out, _ = render_png(path, window=Window(512, 256, "LINEAR_EXACT"))
+    expected = np.floor(np.clip((RAMP - 512.0) / 256 + 0.5, 0, 1) * 255 + 1e-6)
+    assert np.array_equal(out, expected.astype(np.uint8))
+
+
+def test_invalid_requested_windows_are_refused() -> None:
+    with pytest.raises(InvalidRequest, match="width must be at least 1"):
+        Window(40, 0.5)
+    with pytest.raises(InvalidRequest, match="function"):
+        Window(40, 400, "CUBIC")
+
+
+# --- Presentation (C.11.6, C.7.6.3.1.2) -------------------------------------
+
+
+def test_monochrome1_is_inverted(tmp_path: Path) -> None:
+    normal, _ = render_png(write_image(tmp_path, RAMP, "m2.dcm"))
+    inverted, _ = render_png(
+        write_image(tmp_path, RAMP, "m1.dcm", PhotometricInterpretation="MONOCHROME1")
+    )
+    assert np.array_equal(inverted, 255 - normal)
+
+
+def test_presentation_lut_shape_inverse(tmp_path: Path) -> None:
+    normal, _ = render_png(write_image(tmp_path, RAMP, "a.dcm"))
+    inverse, _ = render_png(write_image(tmp_path, RAMP, "b.dcm", PresentationLUTShape="INVERSE"))
+    assert np.array_equal(inverse, 255 - normal)
+
+
+# --- Presets ---------------------------------------------------------------------
+
+
+def test_ct_preset_uses_hounsfield_window() -> None:
+    _, result = render_png(bundled_file("CT_small.dcm"), preset="lung")
+    assert (result.window.center, result.window.width) == PRESETS["lung"]
+    assert result.window.source == "preset"
+
+
+def test_preset_on_non_ct_image_is_refused() -> None:
+    with pytest.raises(InvalidRequest, match="Hounsfield"):
+        render(bundled_file("MR_small.dcm"), RenderOptions(preset="brain"))
+
+
+def test_unknown_preset_names_the_choices() -> None:
+    with pytest.raises(InvalidRequest, match="lung"):
+        RenderOptions(preset="kidney")
+
+
+# --- Colour ----------------------------------------------------------------------
+
+
+def test_rgb_planar_configuration_1_matches_interleaved() -> None:
+    ours = decoded(render(corpus_file("US-RGB-8-epicard.dcm"), RenderOptions("png")).image)
+    assert ours.shape == (480, 640, 3)
+    assert ours.std() > 10
+
+
+def test_segmented_palette(tmp_path: Path) -> None:
+    # PS3.3 C.7.9.2: a discrete segment for entry 0, then a linear ramp to the top.
+    segmented = [0, 1, 0, 1, 255, 65535]
+    data = struct.pack(f"<{len(segmented)}H", *segmented)
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    attrs: dict[str, Any] = {"PhotometricInterpretation": "PALETTE COLOR"}
+    for colour in ("Red", "Green", "Blue"):
+        attrs[f"{colour}PaletteColorLookupTableDescriptor"] = [256, 0, 16]
+        attrs[f"Segmented{colour}PaletteColorLookupTableData"] = data
+    out, _ = render_png(write_image(tmp_path, pixels, **attrs))
+    assert out.shape == (16, 16, 3)
+    assert np.abs(out[..., 0].astype(int) - pixels.astype(int)).max() <= 1
+
+
+def test_colour_gets_no_window_unless_asked() -> None:
+    path = bundled_file("SC_rgb_rle.dcm")
+    plain, plain_result = render_png(path)
+    windowed, windowed_result = render_png(path, window=Window(128, 64))
+    assert plain_result.window.source == "none"
+    assert windowed_result.window.source == "request"
+    assert not np.array_equal(plain, windowed)
+
+
+# --- Frames and passthrough --------------------------------------------------------
+
+
+def test_frame_selection_is_one_based() -> None:
+    path = bundled_file("SC_rgb_rle_2frame.dcm")
+    first, r1 = render_png(path, frame=1)
+    second, r2 = render_png(path, frame=2)
+    assert (r1.frames, r2.frame) == (2, 2)
+    assert not np.array_equal(first, second)
+    with pytest.raises(InvalidRequest, match="frame 3 does not exist"):
+        render(path, RenderOptions(frame=3))
+
+
+def test_only_the_requested_frame_is_decoded(tmp_path: Path) -> None:
+    from pydicom import dcmread
+    from pydicom.encaps import generate_frames
+
+    # Frame 2 of an RLE file is replaced by garbage: frame 1 must still render.
+    source = dcmread(bundled_file("SC_rgb_rle_2frame.dcm"))
+    frames = list(generate_frames(source.PixelData, number_of_frames=2))
+    source.PixelData = encapsulate([frames[0], b"\x00" * 64])
+    path = tmp_path / "broken_second_frame.dcm"
+    source.save_as(path)
+    assert render(path, RenderOptions("png", frame=1)).width == source.Columns
+    with pytest.raises(CorruptDicom):
+        render(path, RenderOptions("png", frame=2))
+
+
+def test_jpeg_baseline_colour_frame_is_returned_unchanged() -> None:
+    path = bundled_file("SC_rgb_jpeg_dcmtk.dcm")
+    result = render(path)
+    assert result.passthrough
+    assert result.image.startswith(b"\xff\xd8") and result.image.endswith(b"\xff\xd9")
+    assert not render(path, RenderOptions(quality=70)).passthrough
+    assert not render(path, RenderOptions(width=10)).passthrough
+
+
+# --- Viewport and formats ------------------------------------------------------------
+
+
+def test_viewport_keeps_aspect_and_never_upscales() -> None:
+    assert viewport_size(400, 200, 100, None) == (100, 50)
+    assert viewport_size(400, 200, None, 50) == (100, 50)
+    assert viewport_size(400, 200, 1000, 1000) == (400, 200)
+    assert viewport_size(400, 200, 100, 10) == (20, 10)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "pil"), [("jpg", "JPEG"), ("jpeg", "JPEG"), ("png", "PNG"), ("webp", "WEBP")]
+)
+def test_output_formats(fmt: str, pil: str) -> None:
+    result = render(bundled_file("CT_small.dcm"), RenderOptions(output_format=fmt, width=64))
+    image = Image.open(io.BytesIO(result.image))
+    assert image.format == pil
+    assert image.size == (64, 64) == (result.width, result.height)
+
+
+def test_quality_changes_jpeg_size() -> None:
+    path = bundled_file("CT_small.dcm")
+    low = render(path, RenderOptions(quality=10))
+    high = render(path, RenderOptions(quality=95))
+    assert low.file_size < high.file_size
+    assert (low.quality, high.quality) == (10, 95)
+    assert render(path).quality == 85
+
+
+@pytest.mark.parametrize("bad", [0, 101, "90"])
+def test_quality_is_validated(bad: Any) -> None:
+    with pytest.raises(InvalidRequest, match="quality"):
+        RenderOptions(quality=bad)
+
+
+def test_output_format_is_validated() -> None:
+    with pytest.raises(InvalidRequest, match="jpg, jpeg, png, webp"):
+        RenderOptions(output_format="gif")
+
+
+# --- Result and metadata --------------------------------------------------------------------
+
+
+def test_result_describes_what_was_applied() -> None:
+    result = render(bundled_file("MR_small.dcm"))
+    info = result.describe()
+    assert info["transfer_syntax"] == "1.2.840.10008.1.2.1"
+    assert info["photometric_interpretation"] == "MONOCHROME2"
+    assert info["window"]["source"] == "file"
+    assert (info["frame"], info["frames"]) == (1, 1)
+    assert info["metadata"]["Modality"] == "MR"
+    assert info["metadata"]["Rows"] == 64
+    assert "image" not in info
+
+
+def test_metadata_is_optional(tmp_path: Path) -> None:
+    path = write_image(tmp_path, RAMP)
+    assert render(path, RenderOptions(include_metadata=False)).metadata == {}
+    assert render(path).metadata["PatientName"] == "SECRET^PATIENT"
+
+
+# --- Input formats -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["MR_small_bigendian.dcm", "MR_small_implicit.dcm", "image_dfl.dcm", "liver_1frame.dcm"],
+)
+def test_encodings_and_bit_depths_render(name: str) -> None:
+    result = render(bundled_file(name), RenderOptions("png"))
+    assert decoded(result.image).std() > 0
+
+
+def test_raw_dataset_without_preamble_or_meta(tmp_path: Path) -> None:
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = dcmread(bundled_file("MR_small_implicit.dcm"))
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, True
+    write_dataset(buffer, ds)  # the dataset alone: no preamble, no 'DICM', no file meta
+    stripped = tmp_path / "raw.dcm"
+    stripped.write_bytes(buffer.getvalue())
+    reference, _ = render_png(bundled_file("MR_small_implicit.dcm"))
+    ours, _ = render_png(stripped)
+    assert np.array_equal(ours, reference)
+
+
+def test_float_pixel_data_renders_min_max(tmp_path: Path) -> None:
+    values = np.linspace(-1.5, 2.5, 64, dtype=np.float32).reshape(8, 8)
+    path = write_image(tmp_path, np.zeros((8, 8), np.uint16))
+    from pydicom import dcmread
+
+    ds = dcmread(path)
+    del ds.PixelData
+    ds.BitsAllocated, ds.BitsStored = 32, 32
+    del ds.HighBit, ds.PixelRepresentation
+    ds.FloatPixelData = values.tobytes()
+    ds.save_as(path)
+    out, result = render_png(path)
+    assert result.window.source == "min_max"
+    assert out[0, 0] == 0 and out[-1, -1] == 255
+
+
+# --- Bad input ----------------------------------------------------------------------------
+
+
+def test_not_dicom(tmp_path: Path) -> None:
+    png = tmp_path / "picture.dcm"
+    Image.new("RGB", (4, 4)).save(png, "PNG")
+    with pytest.raises(NotDicom):
+        render(png)
+    empty = tmp_path / "empty.dcm"
+    empty.write_bytes(b"")
+    with pytest.raises(NotDicom):
+        render(empty)
+
+
+def test_no_pixel_data() -> None:
+    with pytest.raises(NoPixelData, match="no pixel data"):
+        render(bundled_file("rtplan.dcm"))
+
+
+def test_truncated_pixel_data(tmp_path: Path) -> None:
+    data = bundled_file("CT_small.dcm").read_bytes()
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(data[: len(data) - 9000])
+    with pytest.raises(CorruptDicom, match="truncated"):
+        render(path)
+
+
+def test_header_declaring_a_huge_frame_is_refused_before_allocating(tmp_path: Path) -> None:
+    path = write_image(tmp_path, RAMP)
+    from pydicom import dcmread
+
+    ds = dcmread(path)
+    ds.Rows, ds.Columns = 60000, 60000
+    ds.save_as(path)
+    with pytest.raises(TooLarge, match="MAX_PIXEL_BYTES"):
+        render(path)
+    small_budget = load_settings({"max_pixel_bytes": 100})
+    with pytest.raises(TooLarge):
+        render(write_image(tmp_path, RAMP, "b.dcm"), settings=small_budget)
+
+
+def _explicit_le_element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    header = struct.pack("<HH", group, element) + vr
+    if vr in (b"OB", b"OW", b"UN"):
+        return header + b"\0\0" + struct.pack("<I", len(value)) + value
+    return header + struct.pack("<H", len(value)) + value
+
+
+def with_transfer_syntax(source: Path, target: Path, uid: str) -> Path:
+    """Copy `source` with its file meta rewritten to name another transfer syntax.
+
+    pydicom refuses to write UIDs it does not know, so the meta group is built
+    by hand (PS3.10 7.1: explicit VR little endian, with a group length).
+    """
+    from pydicom import dcmread
+
+    meta = dcmread(source).file_meta
+    body = source.read_bytes()
+    # The dataset starts right after the meta group, whose length is its first element.
+    group_length = struct.unpack("<I", body[140:144])[0]
+    dataset = body[144 + group_length :]
+
+    def ui(text: str) -> bytes:
+        raw = text.encode()
+        return raw + b"\0" if len(raw) % 2 else raw
+
+    elements = b"".join(
+        [
+            _explicit_le_element(2, 0x0001, b"OB", b"\0\1"),
+            _explicit_le_element(2, 0x0002, b"UI", ui(meta.MediaStorageSOPClassUID)),
+            _explicit_le_element(2, 0x0003, b"UI", ui(meta.MediaStorageSOPInstanceUID)),
+            _explicit_le_element(2, 0x0010, b"UI", ui(uid)),
+        ]
+    )
+    length = _explicit_le_element(2, 0x0000, b"UL", struct.pack("<I", len(elements)))
+    target.write_bytes(b"\0" * 128 + b"DICM" + length + elements + dataset)
+    return target
+
+
+def test_unsupported_transfer_syntax_is_named(tmp_path: Path) -> None:
+    path = with_transfer_syntax(
+        bundled_file("SC_rgb_jpeg_dcmtk.dcm"), tmp_path / "jxl.dcm", "1.2.840.10008.1.2.4.112"
+    )
+    with pytest.raises(
+        UnsupportedTransferSyntax, match=r"1\.2\.840\.10008\.1\.2\.4\.112 \(JPEG XL\)"
+    ):
+        render(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        ("3gb-bulk-data-truncated.dcm", CorruptDicom),
+        ("GH1308_truncated_derived.dcm", CorruptDicom),
+        ("report_dfl.dcm", NoPixelData),
+        ("FellowOakSquareTransp.png", NotDicom),
+        ("will-jxl.dcm", UnsupportedTransferSyntax),
+    ],
+)
+def test_corpus_bad_input_gets_a_typed_error(name: str, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        render(corpus_file(name))
+
+
+def test_corpus_float_pixel_data_renders() -> None:
+    result = render(corpus_file("parametric_map_float.dcm"), RenderOptions("png"))
+    assert result.window.source == "min_max"
+    assert decoded(result.image).std() > 0
