@@ -577,7 +577,7 @@ def _first_number(value: Any) -> float | None:
 
 
 def select_voi(
-    ds: Dataset, options: RenderOptions, present: np.ndarray, modality: np.ndarray
+    ds: Dataset, options: RenderOptions, frame: np.ndarray, modality: np.ndarray
 ) -> AppliedWindow:
     """Choose the VOI transform. Precedence:
 
@@ -585,13 +585,9 @@ def select_voi(
     first VOI LUT Sequence item → min–max of the frame after the Modality LUT.
     An invalid window (e.g. WindowWidth 0) falls through to the next rule.
     """
-    if options.window is not None:
-        w = options.window
-        return AppliedWindow(w.center, w.width, w.function, "request")
-    if options.preset is not None:
-        _check_preset_applies(ds, options.preset)
-        center, width = PRESETS[options.preset]
-        return AppliedWindow(center, width, "LINEAR", "preset")
+    requested = requested_window(ds, options)
+    if requested is not None:
+        return requested
 
     function = str(ds.get("VOILUTFunction", "") or "LINEAR").strip().upper()
     if function not in VOI_FUNCTIONS:
@@ -603,10 +599,38 @@ def select_voi(
     if _first_voi_lut(ds) is not None:
         return AppliedWindow(None, None, "LUT", "voi_lut")
 
-    lo = float(modality[present].min())
-    hi = float(modality[present].max())
+    lo, hi = min_max_after_modality(frame, modality)
     # The window that maps min to 0 and max to full scale with the LINEAR formula.
     return AppliedWindow((lo + hi + 1) / 2, hi - lo + 1, "LINEAR", "min_max")
+
+
+def requested_window(ds: Dataset, options: RenderOptions) -> AppliedWindow | None:
+    """The window the caller asked for, directly or as a named CT preset."""
+    if options.window is not None:
+        w = options.window
+        return AppliedWindow(w.center, w.width, w.function, "request")
+    if options.preset is not None:
+        _check_preset_applies(ds, options.preset)
+        center, width = PRESETS[options.preset]
+        return AppliedWindow(center, width, "LINEAR", "preset")
+    return None
+
+
+def min_max_after_modality(frame: np.ndarray, modality: np.ndarray) -> tuple[float, float]:
+    """Min and max of the frame after the Modality LUT, without a copy of the frame.
+
+    `modality` is the Modality LUT over every stored value (indexed by the bit
+    pattern, see stored_value_domain). Only the stored values between the
+    frame's own min and max are looked at: exact for rescale slope/intercept,
+    and for a Modality LUT Sequence it spans the values the frame can hold.
+    """
+    import numpy as np
+
+    lo, hi = frame.min(), frame.max()
+    values = np.arange(int(lo), int(hi) + 1, dtype=np.int64)
+    unsigned = np.dtype(f"uint{frame.dtype.itemsize * 8}")
+    section = modality[values.astype(frame.dtype).view(unsigned)]
+    return float(section.min()), float(section.max())
 
 
 def _check_preset_applies(ds: Dataset, preset: str) -> None:
@@ -727,13 +751,10 @@ def grayscale_display_lut(
 
     Returns the LUT, the frame's index array into it, and the window used.
     """
-    import numpy as np
 
     domain, index = stored_value_domain(frame)
-    # Which stored values occur, so that min–max uses only real pixels.
-    present = np.bincount(index.ravel(), minlength=domain.size).astype(bool)
     modality = modality_lut(domain, ds)
-    window = select_voi(ds, options, present, modality)
+    window = select_voi(ds, options, frame, modality)
     # A flat frame gets the min–max window of width 1: a step at its one value,
     # so every pixel shows black (white for MONOCHROME1), as dcmtk shows it.
     display = voi_lut(modality, window, ds)
@@ -745,14 +766,15 @@ def grayscale_display_lut(
 def render_grayscale(
     ds: Dataset, frame: np.ndarray, options: RenderOptions, module: ImagePixelModule
 ) -> tuple[np.ndarray, AppliedWindow]:
-    import numpy as np
 
     if frame.dtype.kind == "f" or frame.dtype.itemsize > 2:
         return _render_grayscale_wide(ds, frame, options, module)
     lut, index, window = grayscale_display_lut(
         ds, frame, options, module.photometric_interpretation
     )
-    return np.take(lut, index), window
+    # Fancy indexing with uint16 indices converts them in small buffers;
+    # np.take would first make an intp copy of the whole frame.
+    return lut[index], window
 
 
 def _render_grayscale_wide(
@@ -771,8 +793,9 @@ def _render_grayscale_wide(
         raise CorruptDicom("the pixel data holds no finite values")
     lo, hi = float(values[finite].min()), float(values[finite].max())
     values[~finite] = lo
-    if options.window is not None or options.preset is not None:
-        window = select_voi(ds, options, np.ones(1, bool), np.zeros(1))
+    requested = requested_window(ds, options)
+    if requested is not None:
+        window = requested
     elif hi > lo:
         window = AppliedWindow((lo + hi) / 2, hi - lo, "LINEAR_EXACT", "min_max")
     else:
@@ -819,7 +842,7 @@ def rgb_to_8bit(frame: np.ndarray, module: ImagePixelModule) -> np.ndarray:
     top = float(2**module.bits_stored - 1)
     if frame.dtype.itemsize <= 2 and frame.dtype.kind == "u":
         lut = np.rint(np.minimum(np.arange(2 ** (frame.dtype.itemsize * 8)), top) * 255.0 / top)
-        return np.take(lut.astype(np.uint8), frame)
+        return lut.astype(np.uint8)[frame]
     return np.rint(np.clip(frame.astype(np.float32), 0, top) * (255.0 / top)).astype(np.uint8)
 
 
@@ -828,7 +851,7 @@ def window_rgb(frame: np.ndarray, window: AppliedWindow, ds: Dataset) -> np.ndar
     import numpy as np
 
     lut = to_display_bytes(voi_lut(np.arange(256, dtype=np.float64), window, ds))
-    return np.take(lut, frame)
+    return lut[frame]
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,56 @@
+"""Render a local DICOM file into the temp folder and print what was applied.
+
+    python test_local_dicom.py PATH [--cleanup] [--format jpg|png|webp] [--quality N]
+
+The image goes to ``temp/converted_<name>.<format>`` beside this script; with
+``--cleanup`` it is removed again after the check. This is the seed's local
+test command, kept for people who test a file before deploying.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dicom_converter import RenderOptions, render
+from errors import ServiceError
+
+TEMP = Path(__file__).resolve().with_name("temp")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path", type=Path, help="a DICOM file")
+    parser.add_argument("--cleanup", action="store_true", help="remove the image afterwards")
+    parser.add_argument("--format", default="jpg", choices=("jpg", "jpeg", "png", "webp"))
+    parser.add_argument("--quality", type=int)
+    args = parser.parse_args(argv)
+
+    try:
+        result = render(args.path, RenderOptions(output_format=args.format, quality=args.quality))
+    except ServiceError as exc:
+        print(f"error: {args.path}: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {args.path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+    TEMP.mkdir(exist_ok=True)
+    output = TEMP / f"converted_{args.path.stem}.{result.format}"
+    output.write_bytes(result.image)
+    # The user's own file on the user's own terminal: metadata is shown here,
+    # never logged by the service.
+    print(json.dumps(result.describe(), indent=2, default=str))
+    print(f"output: {output}")
+    if args.cleanup:
+        output.unlink()
+        if not any(TEMP.iterdir()):
+            TEMP.rmdir()
+        print("cleaned up")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
