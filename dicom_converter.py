@@ -229,8 +229,12 @@ def read_dataset(path: Path, settings: Settings) -> Dataset:
     nothing.
     """
     import pydicom
+    from pydicom import config
     from pydicom.errors import InvalidDicomError
 
+    # pydicom's read-time validation warns with the offending value quoted,
+    # which for a Person Name is patient data; those warnings reach the logs.
+    config.settings.reading_validation_mode = config.IGNORE
     has_prefix = _has_dicm_prefix(path)
     if has_prefix:
         _check_deflated_size(path, settings)
