@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import sys
 import zlib
 from collections.abc import Iterable, Sequence
@@ -73,6 +74,8 @@ IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
 UNDEFINED_LENGTH = 0xFFFFFFFF
+# Values longer than this are read from the file only when needed.
+DEFER_SIZE = 64 * 1024
 
 # Names for transfer syntaxes that pydicom's UID dictionary may not know yet,
 # so that an "unsupported" error can say what the file is.
@@ -226,7 +229,8 @@ def read_dataset(path: Path, settings: Settings) -> Dataset:
 
     Large values (the pixel data) are deferred: they are read from the file
     only when a frame is decoded, so a header that declares gigabytes costs
-    nothing.
+    nothing. Every other element is converted here, so that a malformed value
+    is reported as a corrupt file now rather than failing wherever it is read.
     """
     import pydicom
     from pydicom import config
@@ -239,17 +243,78 @@ def read_dataset(path: Path, settings: Settings) -> Dataset:
     if has_prefix:
         _check_deflated_size(path, settings)
     try:
-        ds = pydicom.dcmread(path, force=True, defer_size=64 * 1024)
+        with _BoundedFile(path) as f:
+            ds = pydicom.dcmread(f, force=True, defer_size=DEFER_SIZE)
+            if not has_prefix and not _looks_like_dataset(ds):
+                raise NotDicom(
+                    "the file is not DICOM (no 'DICM' prefix and no DICOM image attributes)"
+                )
+            _convert_elements(ds.file_meta, None)
+            deflated = ds.file_meta.get("TransferSyntaxUID") == DEFLATED
+            _convert_elements(ds, None if deflated else f.size)
     except InvalidDicomError as exc:
-        raise NotDicom(f"the file is not DICOM: {exc}") from exc
-    except (EOFError, OSError, ValueError, TypeError, KeyError, IndexError) as exc:
+        raise NotDicom(f"the file is not DICOM: {parse_error_text(exc)}") from exc
+    except (MemoryError, ServiceError):
+        raise
+    except Exception as exc:  # parsers of untrusted bytes raise anything (zlib, struct, ...)
         if has_prefix:
-            raise CorruptDicom(f"the DICOM file could not be parsed: {exc}") from exc
+            raise CorruptDicom(
+                f"the DICOM file could not be parsed: {parse_error_text(exc)}"
+            ) from exc
         raise NotDicom("the file is not DICOM (no 'DICM' prefix and no readable dataset)") from exc
-    if not has_prefix and not _looks_like_dataset(ds):
-        raise NotDicom("the file is not DICOM (no 'DICM' prefix and no DICOM image attributes)")
     _ensure_transfer_syntax(ds)
     return ds
+
+
+class _BoundedFile(io.BufferedReader):
+    """A file whose reads never ask for more than what remains in it.
+
+    pydicom reads some values (e.g. Specific Character Set) at whatever length
+    the header declares, and a read of n bytes allocates n bytes first: a
+    header declaring 3 GiB would allocate 3 GiB for a 100 kB file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        # A str name: pydicom re-opens the file by name to read deferred values.
+        super().__init__(io.FileIO(str(path), "rb"))
+        self.size = path.stat().st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size > 0:
+            size = min(size, max(self.size - self.tell(), 0))
+            if size == 0:
+                return b""
+        return super().read(size)
+
+
+def _convert_elements(ds: Dataset, file_size: int | None) -> None:
+    """Convert every value read so far; check deferred ones fit in the file."""
+    from pydicom.dataelem import RawDataElement
+
+    for tag, raw in list(ds._dict.items()):
+        if isinstance(raw, RawDataElement) and raw.value is None:
+            end = int(raw.value_tell) + int(raw.length)
+            if file_size is not None and raw.length != UNDEFINED_LENGTH and end > file_size:
+                raise CorruptDicom(
+                    f"the file is truncated: element {tag_name(tag)} declares {raw.length} "
+                    f"bytes but only {max(file_size - int(raw.value_tell), 0)} remain"
+                )
+            continue
+        element = ds[tag]
+        if element.VR == "SQ":
+            for item in element.value:
+                _convert_elements(item, file_size)
+
+
+def tag_name(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def parse_error_text(exc: BaseException) -> str:
+    """A parser's message without the values it quotes (they may be patient data)."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", text)
+    return text[:200]
 
 
 def _has_dicm_prefix(path: Path) -> bool:
@@ -287,25 +352,23 @@ def _check_deflated_size(path: Path, settings: Settings) -> None:
     pydicom inflates deflated files in one call, so a small "deflate bomb"
     would allocate without limit; count the inflated bytes first.
     """
-    from pydicom.filereader import read_file_meta_info
-
-    try:
-        meta = read_file_meta_info(path)
-    except Exception as exc:  # any parse error of the meta group means a corrupt header
-        raise CorruptDicom(f"the DICOM file meta information could not be read: {exc}") from exc
-    if meta.get("TransferSyntaxUID") != DEFLATED:
-        return
+    with path.open("rb") as f:
+        f.seek(132)
+        if _walk_file_meta(f) != DEFLATED:
+            return
     limit = settings.max_pixel_bytes + 16 * 1024 * 1024
     with path.open("rb") as f:
         f.seek(132)
-        _skip_file_meta(f)
+        _walk_file_meta(f)
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         inflated = 0
         while chunk := f.read(256 * 1024):
             try:
                 inflated += len(inflater.decompress(chunk, limit + 1 - inflated))
             except zlib.error as exc:
-                raise CorruptDicom(f"the deflated dataset is corrupt: {exc}") from exc
+                raise CorruptDicom(
+                    f"the deflated dataset is corrupt: {parse_error_text(exc)}"
+                ) from exc
             if inflated > limit:
                 raise TooLarge(
                     f"the deflated dataset inflates to more than {limit} bytes "
@@ -321,20 +384,28 @@ def _check_deflated_size(path: Path, settings: Settings) -> None:
                 )
 
 
-def _skip_file_meta(f: io.BufferedReader) -> None:
-    """Move past the group 0002 elements (always explicit VR little endian)."""
+def _walk_file_meta(f: io.BufferedReader) -> str | None:
+    """Move past the group 0002 elements; return the Transfer Syntax UID among them.
+
+    The file meta is always explicit VR little endian (PS3.10 7.1). Walking it
+    by hand reads nothing but the short UID, whatever lengths the header claims.
+    """
+    syntax = None
     while True:
         start = f.tell()
         header = f.read(8)
         if len(header) < 8 or int.from_bytes(header[0:2], "little") != 0x0002:
             f.seek(start)
-            return
+            return syntax
         vr = header[4:6]
         if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
             length = int.from_bytes(f.read(4), "little")
         else:
             length = int.from_bytes(header[6:8], "little")
-        f.seek(length, io.SEEK_CUR)
+        if int.from_bytes(header[2:4], "little") == 0x0010 and length <= 64:
+            syntax = f.read(length).rstrip(b"\0 ").decode("ascii", "replace")
+        else:
+            f.seek(length, io.SEEK_CUR)
 
 
 # ---------------------------------------------------------------------------
@@ -489,9 +560,13 @@ def decode_frame(ds: Dataset, index: int, module: ImagePixelModule) -> np.ndarra
         return _decode_float_frame(ds, index, module)
     try:
         arr = pixel_array(ds, index=index)
-    except Exception as exc:  # codecs raise anything on bad data; availability was checked
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CorruptDicom(f"the pixel data could not be decoded: {first_line}") from exc
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except BaseException as exc:
+        # Codecs raise anything on bad data (their availability was checked
+        # before), and the Rust ones raise pyo3's PanicException, which is a
+        # BaseException.
+        raise CorruptDicom(f"the pixel data could not be decoded: {parse_error_text(exc)}") from exc
     expected = (module.rows, module.columns) + (
         (module.samples_per_pixel,) if module.samples_per_pixel > 1 else ()
     )
@@ -828,7 +903,9 @@ def palette_color(frame: np.ndarray, ds: Dataset) -> np.ndarray:
     try:
         lut = apply_color_lut(domain.astype(frame.dtype), ds)
     except (ValueError, KeyError, AttributeError, IndexError, TypeError) as exc:
-        raise CorruptDicom(f"the palette colour lookup tables are invalid: {exc}") from exc
+        raise CorruptDicom(
+            f"the palette colour lookup tables are invalid: {parse_error_text(exc)}"
+        ) from exc
     bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
     if bits > 8:
         lut8 = np.rint(lut.astype(np.float64) / 257.0).astype(np.uint8)
@@ -928,13 +1005,63 @@ def embedded_jpeg_frame(
     try:
         stream = get_frame(ds.PixelData, index, number_of_frames=module.frames)
     except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise CorruptDicom(f"the encapsulated pixel data is invalid: {exc}") from exc
+        raise CorruptDicom(
+            f"the encapsulated pixel data is invalid: {parse_error_text(exc)}"
+        ) from exc
     stream = bytes(stream)
     # Trailing padding after EOI is allowed in DICOM fragments; strip it.
     end = stream.rfind(b"\xff\xd9")
     if not stream.startswith(b"\xff\xd8") or end < 0:
         return None
-    return stream[: end + 2]
+    # Returned unchecked, a stream that disagrees with the header would be shown
+    # as if it were the image the header describes.
+    if jpeg_frame_header(stream) != (8, module.rows, module.columns, 3):
+        return None
+    stream = stream[: end + 2]
+    if not jpeg_decodes(stream):
+        return None
+    return stream
+
+
+def jpeg_decodes(stream: bytes) -> bool:
+    """Whether the whole entropy-coded stream decodes, checked at 1/8 scale.
+
+    DCT scaling makes this a small fraction of a full decode, and it keeps a
+    truncated or damaged stream from being returned as an image.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(stream)) as image:
+            image.draft("RGB", (max(image.width // 8, 1), max(image.height // 8, 1)))
+            image.load()
+    except (OSError, ValueError, SyntaxError):
+        return False
+    return True
+
+
+def jpeg_frame_header(stream: bytes) -> tuple[int, int, int, int] | None:
+    """(precision, rows, columns, components) from a JPEG's SOF0/SOF1 segment (T.81 B.2.2)."""
+    position = 2
+    while position + 4 <= len(stream):
+        if stream[position] != 0xFF:
+            return None
+        marker = stream[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        length = int.from_bytes(stream[position + 2 : position + 4], "big")
+        if marker in (0xC0, 0xC1):
+            segment = stream[position + 4 : position + 2 + length]
+            if len(segment) < 6:
+                return None
+            rows = int.from_bytes(segment[1:3], "big")
+            columns = int.from_bytes(segment[3:5], "big")
+            return segment[0], rows, columns, segment[5]
+        if marker == 0xDA or length < 2:  # start of scan before any frame header
+            return None
+        position += 2 + length
+    return None
 
 
 # ---------------------------------------------------------------------------

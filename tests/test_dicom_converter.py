@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicom_converter import (
     PRESETS,
@@ -37,34 +36,7 @@ from errors import (
 )
 from settings import load_settings
 from tests.corpus import bundled_file, corpus_file
-
-
-def write_image(folder: Path, pixels: np.ndarray, name: str = "image.dcm", **attrs: Any) -> Path:
-    """Write a single-frame grayscale (or RGB) image with the given attributes."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "OT"
-    ds.PatientName = "SECRET^PATIENT"
-    ds.Rows, ds.Columns = pixels.shape[:2]
-    ds.SamplesPerPixel = 1 if pixels.ndim == 2 else pixels.shape[2]
-    ds.PhotometricInterpretation = "MONOCHROME2" if pixels.ndim == 2 else "RGB"
-    if pixels.ndim == 3:
-        ds.PlanarConfiguration = 0
-    ds.BitsAllocated = pixels.dtype.itemsize * 8
-    ds.BitsStored = ds.BitsAllocated
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    ds.PixelData = pixels.tobytes()
-    path = folder / name
-    ds.save_as(path, enforce_file_format=True)
-    return path
+from tests.dicom_files import with_transfer_syntax, write_image
 
 
 def decoded(result_image: bytes) -> np.ndarray:
@@ -435,44 +407,6 @@ def test_header_declaring_a_huge_frame_is_refused_before_allocating(tmp_path: Pa
     small_budget = load_settings({"max_pixel_bytes": 100})
     with pytest.raises(TooLarge):
         render(write_image(tmp_path, RAMP, "b.dcm"), settings=small_budget)
-
-
-def _explicit_le_element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
-    header = struct.pack("<HH", group, element) + vr
-    if vr in (b"OB", b"OW", b"UN"):
-        return header + b"\0\0" + struct.pack("<I", len(value)) + value
-    return header + struct.pack("<H", len(value)) + value
-
-
-def with_transfer_syntax(source: Path, target: Path, uid: str) -> Path:
-    """Copy `source` with its file meta rewritten to name another transfer syntax.
-
-    pydicom refuses to write UIDs it does not know, so the meta group is built
-    by hand (PS3.10 7.1: explicit VR little endian, with a group length).
-    """
-    from pydicom import dcmread
-
-    meta = dcmread(source).file_meta
-    body = source.read_bytes()
-    # The dataset starts right after the meta group, whose length is its first element.
-    group_length = struct.unpack("<I", body[140:144])[0]
-    dataset = body[144 + group_length :]
-
-    def ui(text: str) -> bytes:
-        raw = text.encode()
-        return raw + b"\0" if len(raw) % 2 else raw
-
-    elements = b"".join(
-        [
-            _explicit_le_element(2, 0x0001, b"OB", b"\0\1"),
-            _explicit_le_element(2, 0x0002, b"UI", ui(meta.MediaStorageSOPClassUID)),
-            _explicit_le_element(2, 0x0003, b"UI", ui(meta.MediaStorageSOPInstanceUID)),
-            _explicit_le_element(2, 0x0010, b"UI", ui(uid)),
-        ]
-    )
-    length = _explicit_le_element(2, 0x0000, b"UL", struct.pack("<I", len(elements)))
-    target.write_bytes(b"\0" * 128 + b"DICM" + length + elements + dataset)
-    return target
 
 
 def test_unsupported_transfer_syntax_is_named(tmp_path: Path) -> None:
