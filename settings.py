@@ -11,8 +11,10 @@ the config file, and never appear in ``repr``.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
@@ -57,6 +59,8 @@ class Settings:
     r2_endpoint_url: str | None = None
     r2_access_key_id: str | None = _secret()
     r2_secret_access_key: str | None = _secret()
+    # CA bundle (file or folder) for HTTPS and FTPS downloads; the standard variable name.
+    requests_ca_bundle: str | None = None
 
     # Rendering (dicom_converter).
     max_pixel_bytes: int = 256 * 1024 * 1024
@@ -139,6 +143,24 @@ def _validate(s: Settings) -> None:
             fail(name, "must not be negative")
     if not s.temp_root:
         fail("temp_root", "must name a folder")
+    for entry in s.allowed_hosts:
+        if not _is_host_entry(entry):
+            fail("allowed_hosts", f"must list host names, *.suffix, IPs or CIDRs ({entry!r})")
+    for name in ("s3_endpoint_url", "r2_endpoint_url"):
+        url = getattr(s, name)
+        if url is not None and not re.match(r"^https?://[^/?#@\s]+(/[^?#\s]*)?$", url):
+            fail(name, "must be an http:// or https:// URL without query or credentials")
+    if s.requests_ca_bundle is not None and not Path(s.requests_ca_bundle).exists():
+        fail("requests_ca_bundle", "must name an existing CA bundle file or folder")
+
+
+def _is_host_entry(entry: str) -> bool:
+    """An ALLOWED_HOSTS entry: a host name, ``*.suffix``, an IP address or a CIDR."""
+    try:
+        ipaddress.ip_network(entry.strip("[]"), strict=False)
+        return True
+    except ValueError:
+        return bool(re.match(r"^(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$", entry, re.IGNORECASE))
 
 
 def _config_file_values(path: Path) -> Mapping[str, Any]:

@@ -1,0 +1,524 @@
+"""Real servers on loopback for tests: S3 and R2 (moto), FTP/FTPS (pyftpdlib), HTTP/HTTPS.
+
+Every server binds to 127.0.0.0/8 on a port the OS picks, so nothing here reaches
+beyond this machine. ``tests/conftest.py`` wraps these classes in fixtures; they can
+also be used directly, e.g. from a script that needs a local S3.
+
+HTTP routes are plain functions of the request handler; the ``respond``, ``redirect``,
+``fail_first``, ``declare_length``, ``chunked``, ``drip``, ``stall`` and ``gzipped``
+helpers build the misbehaving ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import logging
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import trustme
+
+LOOPBACK = "127.0.0.1"
+
+# ---------------------------------------------------------------------------- moto
+
+# Runs in a child process: one moto server per process keeps S3 and R2 state apart.
+# The child prints its port once listening and exits when the parent closes stdin.
+_MOTO_CHILD = """
+import sys
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address=sys.argv[1], port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+_ALLOW_ALL_POLICY = json.dumps(
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+)
+
+
+@dataclass
+class MotoServer:
+    """An S3 API served by moto in its own process.
+
+    ``access_key_id``/``secret_access_key`` are the credentials the server accepts.
+    When ``enforces_auth`` is true, every request must be SigV4-signed with exactly
+    those keys (moto checks signatures against an IAM user); otherwise any keys pass.
+    """
+
+    endpoint_url: str
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    region: str = "us-east-1"
+    enforces_auth: bool = False
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def client(self, region: str | None = None) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=region or self.region,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+        )
+
+    def create_bucket(self, bucket: str, versioned: bool = False) -> None:
+        client = self.client()
+        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+            client.create_bucket(Bucket=bucket)
+        if versioned:
+            client.put_bucket_versioning(
+                Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}
+            )
+
+    def put_object(self, bucket: str, key: str, body: bytes | Path) -> str | None:
+        """Store ``body`` (bytes or a file) at ``bucket/key``; returns the VersionId, if any."""
+        self.create_bucket(bucket)
+        data = body.read_bytes() if isinstance(body, Path) else body
+        return self.client().put_object(Bucket=bucket, Key=key, Body=data).get("VersionId")
+
+    def presign(self, bucket: str, key: str, expires: int = 600) -> str:
+        return self.client().generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires
+        )
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.stdin:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+def start_moto(
+    access_key_id: str = "testing",
+    secret_access_key: str = "testing",
+    *,
+    enforce_auth: bool = False,
+    host: str = LOOPBACK,
+) -> MotoServer:
+    """Start moto's server mode in a child process on ``host`` and a free port.
+
+    With ``enforce_auth`` an IAM user with its own generated keys is created and
+    moto then refuses requests not signed with them; the returned server carries
+    those keys (the arguments are only used to bootstrap).
+    """
+    # The child keeps its own handle on the log; ours is only read if startup fails.
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _MOTO_CHILD, host],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line.strip().isdigit():
+            process.kill()
+            log.seek(0)
+            output = log.read().decode(errors="replace")
+            raise RuntimeError(f"moto server did not start: {output}")
+    server = MotoServer(
+        endpoint_url=f"http://{host}:{int(line)}",
+        access_key_id=access_key_id,
+        secret_access_key=secret_access_key,
+        process=process,
+    )
+    if enforce_auth:
+        _enforce_auth(server)
+    return server
+
+
+def _enforce_auth(server: MotoServer) -> None:
+    import boto3
+    import requests
+
+    iam = boto3.client(
+        "iam",
+        endpoint_url=server.endpoint_url,
+        region_name=server.region,
+        aws_access_key_id=server.access_key_id,
+        aws_secret_access_key=server.secret_access_key,
+    )
+    iam.create_user(UserName="r2-reader")
+    iam.put_user_policy(UserName="r2-reader", PolicyName="all", PolicyDocument=_ALLOW_ALL_POLICY)
+    key = iam.create_access_key(UserName="r2-reader")["AccessKey"]
+    server.access_key_id, server.secret_access_key = key["AccessKeyId"], key["SecretAccessKey"]
+    # From now on moto authenticates every request (a count of 0 unauthenticated ones).
+    answer = requests.post(f"{server.endpoint_url}/moto-api/reset-auth", data=b"0", timeout=10)
+    answer.raise_for_status()
+    server.enforces_auth = True
+
+
+# ---------------------------------------------------------------------------- TLS
+
+
+@dataclass
+class TestCA:
+    """A throwaway certificate authority (trustme) and its bundle on disk."""
+
+    ca: trustme.CA
+    bundle: Path
+
+    __test__ = False  # not a test class, despite the name
+
+    def issue(self, *names: str, folder: Path) -> Path:
+        """A PEM file with a certificate for ``names`` (DNS names or IPs), chain and key."""
+        cert = self.ca.issue_cert(*names)
+        path = folder / f"cert-{'-'.join(n.replace(':', '_') for n in names)}.pem"
+        cert.private_key_and_cert_chain_pem.write_to_path(str(path))
+        return path
+
+    def server_context(self, *names: str) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ca.issue_cert(*names).configure_cert(context)
+        return context
+
+
+def make_ca(folder: Path) -> TestCA:
+    ca = trustme.CA()
+    bundle = folder / "test-ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    return TestCA(ca=ca, bundle=bundle)
+
+
+# ---------------------------------------------------------------------------- HTTP
+
+Route = Callable[[BaseHTTPRequestHandler], None]
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    target: str
+    headers: dict[str, str]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _ThreadingServer
+
+    def do_GET(self) -> None:
+        self.server.owner.dispatch(self)
+
+    def do_HEAD(self) -> None:
+        self.server.owner.dispatch(self)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+class _ThreadingServer(ThreadingHTTPServer):
+    daemon_threads = True
+    owner: HttpServer
+    tls: ssl.SSLContext | None = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # The TLS handshake runs in the connection's thread, not in the accept loop.
+        if self.tls is not None:
+            try:
+                request = self.tls.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError):
+                return
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        return None  # clients that hang up mid-body are part of the tests
+
+
+class HttpServer:
+    """A threaded HTTP (or HTTPS) server on loopback.
+
+    GET ``/<name>`` serves ``root/<name>``; ``route(path, handler)`` installs scripted
+    behaviour for one path (query strings are ignored for matching). Every request
+    is recorded in ``requests``.
+    """
+
+    def __init__(self, root: Path, host: str = LOOPBACK, tls: ssl.SSLContext | None = None) -> None:
+        self.root = root
+        self.host = host
+        self.requests: list[RecordedRequest] = []
+        self._routes: dict[str, Route] = {}
+        self._lock = threading.Lock()
+        self._server = _ThreadingServer((host, 0), _Handler)
+        self._server.owner = self
+        self._server.tls = tls
+        self.port = self._server.server_address[1]
+        self.scheme = "https" if tls else "http"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    def url(self, path: str, host: str | None = None) -> str:
+        """The URL of ``path`` on this server, optionally spelling the host differently."""
+        return f"{self.scheme}://{host or self.host}:{self.port}/{path.lstrip('/')}"
+
+    def put(self, name: str, body: bytes | Path) -> str:
+        """Serve ``body`` (bytes or a file) at ``/<name>``; returns its URL."""
+        target = self.root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(body.read_bytes() if isinstance(body, Path) else body)
+        return self.url(quote(name))
+
+    def route(self, path: str, handler: Route) -> str:
+        """Install ``handler`` for ``path``; returns the URL."""
+        with self._lock:
+            self._routes["/" + unquote(path.lstrip("/"))] = handler
+        return self.url(path)
+
+    def hits(self, path: str) -> int:
+        wanted = "/" + unquote(path.lstrip("/"))
+        return sum(1 for r in self.requests if r.path == wanted)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._routes.clear()
+            self.requests.clear()
+
+    def dispatch(self, handler: BaseHTTPRequestHandler) -> None:
+        path = unquote(urlsplit(handler.path).path)
+        with self._lock:
+            self.requests.append(
+                RecordedRequest(handler.command, path, handler.path, dict(handler.headers.items()))
+            )
+            route = self._routes.get(path)
+        (route or self._serve_file)(handler)
+
+    def _serve_file(self, handler: BaseHTTPRequestHandler) -> None:
+        relative = unquote(urlsplit(handler.path).path).lstrip("/")
+        target = (self.root / relative).resolve()
+        if not target.is_relative_to(self.root.resolve()) or not target.is_file():
+            send(handler, 404, b"not found")
+            return
+        send(handler, 200, target.read_bytes(), {"Content-Type": "application/dicom"})
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def send(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+) -> None:
+    """A complete response with Content-Length."""
+    handler.send_response(status)
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(body)
+
+
+def respond(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> Route:
+    return lambda handler: send(handler, status, body, headers)
+
+
+def serve_bytes(body: bytes | Path, headers: dict[str, str] | None = None) -> Route:
+    data = body.read_bytes() if isinstance(body, Path) else body
+    return respond(200, data, headers)
+
+
+def redirect(location: str, status: int = 302) -> Route:
+    return respond(status, b"", {"Location": location})
+
+
+def fail_first(count: int, status: int, then: Route) -> Route:
+    """Answer ``status`` to the first ``count`` requests, then behave like ``then``."""
+    remaining = [count]
+    lock = threading.Lock()
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        with lock:
+            failing = remaining[0] > 0
+            remaining[0] -= 1
+        if failing:
+            send(handler, status, b"try again")
+        else:
+            then(handler)
+
+    return route
+
+
+def declare_length(body: bytes | Path, declared: int) -> Route:
+    """Send ``body`` under a Content-Length of ``declared``, then close the connection."""
+    data = body.read_bytes() if isinstance(body, Path) else body
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.close_connection = True
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(declared))
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        _write_quietly(handler, data)
+
+    return route
+
+
+def chunked(pieces: Callable[[], Iterable[bytes]]) -> Route:
+    """A body in Transfer-Encoding: chunked, without Content-Length."""
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        for piece in pieces():
+            if not _write_quietly(handler, b"%x\r\n%s\r\n" % (len(piece), piece)):
+                return
+        _write_quietly(handler, b"0\r\n\r\n")
+
+    return route
+
+
+def drip(body: bytes, interval: float, piece: int = 1, max_seconds: float = 15.0) -> Route:
+    """Send ``body`` ``piece`` bytes at a time, every ``interval`` seconds (a slow drip)."""
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        stop = time.monotonic() + max_seconds
+        for start in range(0, len(body), piece):
+            if time.monotonic() > stop or not _write_quietly(handler, body[start : start + piece]):
+                return
+            time.sleep(interval)
+
+    return route
+
+
+def stall(prefix: bytes, declared: int, seconds: float) -> Route:
+    """Send headers and ``prefix`` of a ``declared``-byte body, then go silent."""
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.close_connection = True
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(declared))
+        handler.end_headers()
+        _write_quietly(handler, prefix)
+        time.sleep(seconds)
+
+    return route
+
+
+def gzipped(body: bytes | Path, declared: int | None = None) -> Route:
+    """``body`` gzip-compressed with Content-Encoding: gzip (declared length optional)."""
+    data = gzip.compress(body.read_bytes() if isinstance(body, Path) else body)
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Encoding", "gzip")
+        handler.send_header("Content-Length", str(declared if declared is not None else len(data)))
+        handler.end_headers()
+        _write_quietly(handler, data)
+
+    return route
+
+
+def _write_quietly(handler: BaseHTTPRequestHandler, data: bytes) -> bool:
+    try:
+        handler.wfile.write(data)
+        handler.wfile.flush()
+        return True
+    except OSError:
+        handler.close_connection = True
+        return False
+
+
+# ---------------------------------------------------------------------------- FTP
+
+
+class FtpServer:
+    """pyftpdlib on loopback serving ``root`` read-only to ``user`` and to anonymous.
+
+    With ``certfile`` (a PEM with key and certificate) it speaks explicit FTPS
+    (AUTH TLS); plain FTP logins are then still accepted.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        user: str = "dicom",
+        password: str = "s3cr3t:p@ss/word%",
+        certfile: Path | None = None,
+        host: str = LOOPBACK,
+    ) -> None:
+        from pyftpdlib.authorizers import DummyAuthorizer
+        from pyftpdlib.handlers import FTPHandler, TLS_FTPHandler
+        from pyftpdlib.ioloop import IOLoop
+        from pyftpdlib.servers import FTPServer
+
+        logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
+        self.root, self.user, self.password, self.host = root, user, password, host
+        self.scheme = "ftps" if certfile else "ftp"
+        authorizer = DummyAuthorizer()
+        authorizer.add_user(user, password, str(root), perm="elr")
+        authorizer.add_anonymous(str(root), perm="elr")
+        base = TLS_FTPHandler if certfile else FTPHandler
+        handler = type(
+            "Handler",
+            (base,),
+            {"authorizer": authorizer, "timeout": 30, "auth_failed_timeout": 0.05},
+        )
+        if certfile:
+            handler.certfile = str(certfile)
+        # An IOLoop per server: pyftpdlib's default loop is a process-wide singleton.
+        self._server = FTPServer((host, 0), handler, ioloop=IOLoop())
+        self.port = self._server.address[1]
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stopping.is_set():
+            self._server.serve_forever(timeout=0.05, blocking=False, handle_exit=False)
+        self._server.close_all()
+
+    def put(self, name: str, body: bytes | Path) -> str:
+        """Place a file for download; returns its URL with the user's credentials."""
+        target = self.root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(body.read_bytes() if isinstance(body, Path) else body)
+        return self.url(name)
+
+    def url(self, path: str, *, anonymous: bool = False, password: str | None = None) -> str:
+        """``ftp://user:password@host:port/path`` with percent-encoded credentials."""
+        location = f"{self.host}:{self.port}/{quote(path.lstrip('/'))}"
+        if anonymous:
+            return f"{self.scheme}://{location}"
+        secret = self.password if password is None else password
+        return f"{self.scheme}://{quote(self.user, safe='')}:{quote(secret, safe='')}@{location}"
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
