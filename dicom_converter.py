@@ -74,6 +74,7 @@ IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
 UNDEFINED_LENGTH = 0xFFFFFFFF
+NATIVE_SYNTAXES = (IMPLICIT_LE, EXPLICIT_LE, EXPLICIT_BE, DEFLATED)
 # Values longer than this are read from the file only when needed.
 DEFER_SIZE = 64 * 1024
 
@@ -211,6 +212,18 @@ class ImagePixelModule:
     photometric_interpretation: str
     frames: int
     is_float: bool
+
+    @property
+    def native_length(self) -> int:
+        """Bytes all frames take in uncompressed Pixel Data (PS3.5 8.1.1, 8.2)."""
+        samples = self.frames * self.rows * self.columns * self.samples_per_pixel
+        if self.photometric_interpretation == "YBR_FULL_422":
+            # Two chroma samples are shared by each pair of pixels.
+            samples = self.frames * self.rows * self.columns * 2
+        if self.bits_allocated == 1:
+            # Bit-packed frames follow each other without byte alignment.
+            return (samples + 7) // 8
+        return samples * (self.bits_allocated // 8)
 
     @property
     def frame_bytes(self) -> int:
@@ -521,34 +534,28 @@ def supported_syntax_names() -> list[str]:
     return [uid.name for uid, (decoder, _) in _PIXEL_DATA_DECODERS.items() if decoder.is_available]
 
 
-def check_pixel_data_length(ds: Dataset, path: Path, module: ImagePixelModule) -> None:
-    """Refuse pixel data that is shorter than the header says (truncated files)."""
+def check_pixel_data_length(ds: Dataset, module: ImagePixelModule) -> None:
+    """Refuse native pixel data shorter than the header says (truncated files).
+
+    read_dataset already refused deferred values that run past the end of the
+    file; this checks the length against what Rows, Columns and the rest need.
+    """
     from pydicom.dataelem import RawDataElement
 
-    if module.is_float:
+    if module.is_float or ds.file_meta.TransferSyntaxUID not in NATIVE_SYNTAXES:
         return
     element = ds._dict.get(0x7FE00010)
-    declared = getattr(element, "length", None)
-    deferred = isinstance(element, RawDataElement) and element.value is None
-    if deferred and ds.file_meta.TransferSyntaxUID != DEFLATED:
-        # The value starts at value_tell in the file on disk.
-        available = max(path.stat().st_size - int(element.value_tell), 0)
-        if declared is not None and declared != UNDEFINED_LENGTH and declared > available:
-            raise CorruptDicom(
-                f"the pixel data is truncated: the header declares {declared} bytes "
-                f"but only {available} remain in the file"
-            )
-    if ds.file_meta.TransferSyntaxUID in (IMPLICIT_LE, EXPLICIT_LE, EXPLICIT_BE, DEFLATED):
-        from pydicom.pixels.utils import get_expected_length
-
-        expected = get_expected_length(ds, "bytes")
-        length = declared if deferred and declared is not None else len(ds.PixelData)
-        # A final pad byte may make the length one more; less is missing data.
-        if length < expected:
-            raise CorruptDicom(
-                f"the pixel data is truncated: {length} bytes for {module.frames} frame(s) "
-                f"that need {expected}"
-            )
+    if isinstance(element, RawDataElement) and element.value is None:
+        length = int(element.length)
+    else:
+        length = len(ds.PixelData or b"")
+    expected = module.native_length
+    # A final pad byte may make the length one more; less is missing data.
+    if length < expected:
+        raise CorruptDicom(
+            f"the pixel data is truncated: {length} bytes for {module.frames} frame(s) "
+            f"that need {expected}"
+        )
 
 
 def decode_frame(ds: Dataset, index: int, module: ImagePixelModule) -> np.ndarray:
@@ -1104,7 +1111,7 @@ def render(
             f"frame {options.frame} does not exist: the image has {module.frames} frame(s)"
         )
     index = options.frame - 1
-    check_pixel_data_length(ds, path, module)
+    check_pixel_data_length(ds, module)
     quality = options.quality if options.quality is not None else settings.default_quality
 
     passthrough = embedded_jpeg_frame(ds, index, module, options)
