@@ -1,0 +1,841 @@
+"""deploy.py, run as a user runs it, against a real AWS API endpoint emulator.
+
+moto runs in server mode on a free loopback port and answers IAM, STS, Lambda,
+API Gateway (REST and HTTP) and S3 over HTTP. deploy.py runs as a subprocess
+with ``--endpoint-url`` (or ``AWS_ENDPOINT_URL``); what it created is then read
+back through boto3. moto cannot run the function; the handler's own tests do.
+
+Packaging tests build the real zip for both architectures (the wheels are cached
+in build/wheel-cache) and import it with a Python of the runtime's version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import requests
+
+import deploy
+
+PROJECT = Path(__file__).resolve().parents[1]
+DEPLOY = PROJECT / "deploy.py"
+REGION = "us-east-1"
+NAME = "dicom-test"
+BASIC_POLICY = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+HANDLER_MISSING = not (PROJECT / deploy.HANDLER_MODULE).is_file()
+SKIP_NO_HANDLER = pytest.mark.skipif(
+    HANDLER_MISSING, reason="lambda_function.py is not in the project yet; nothing to package"
+)
+
+
+# --------------------------------------------------------------------------- moto server
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_until_ready(url: str, process: subprocess.Popen[bytes], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            if requests.get(f"{url}/moto-api/data.json", timeout=1).ok:
+                return True
+        except requests.RequestException:
+            time.sleep(0.1)
+    return False
+
+
+@pytest.fixture(scope="session")
+def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    env = {**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"}
+    with log_path.open("wb") as log:
+        for _ in range(3):  # the free port can be taken between probe and bind
+            port = _free_port()
+            process = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+            url = f"http://127.0.0.1:{port}"
+            if _wait_until_ready(url, process, 30):
+                break
+            process.terminate()
+            process.wait(timeout=10)
+        else:
+            pytest.fail(f"moto server did not start:\n{log_path.read_text(errors='replace')}")
+        try:
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _client_env() -> dict[str, str]:
+    """A clean AWS environment: fake keys, no profiles, no real endpoint."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    return env
+
+
+@dataclass
+class Aws:
+    url: str
+
+    def client(self, service: str) -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    @property
+    def iam(self) -> Any:
+        return self.client("iam")
+
+    @property
+    def lam(self) -> Any:
+        return self.client("lambda")
+
+    @property
+    def apigw(self) -> Any:
+        return self.client("apigateway")
+
+    @property
+    def apigw2(self) -> Any:
+        return self.client("apigatewayv2")
+
+    @property
+    def s3(self) -> Any:
+        return self.client("s3")
+
+
+@pytest.fixture
+def aws(moto_url: str) -> Aws:
+    """A fresh, empty account for every test."""
+    requests.post(f"{moto_url}/moto-api/reset", timeout=30).raise_for_status()
+    return Aws(moto_url)
+
+
+def run_deploy(
+    aws: Aws, *args: str, endpoint: str = "flag", expect: int = 0, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, str(DEPLOY), *args]
+    env = _client_env()
+    if endpoint == "flag":
+        command += ["--endpoint-url", aws.url]
+    else:
+        env["AWS_ENDPOINT_URL"] = aws.url
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=env,
+        input=stdin,
+        cwd=PROJECT.parent,
+        timeout=300,
+        check=False,
+    )
+    if result.returncode != expect:
+        pytest.fail(
+            f"deploy.py exited {result.returncode}, expected {expect}\n"
+            f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+        )
+    return result
+
+
+# --------------------------------------------------------------------------- packages
+
+
+@pytest.fixture
+def make_zip(tmp_path: Path) -> Any:
+    """A small deployment zip with a stand-in handler, for tests about AWS resources."""
+
+    def make(marker: str = "v1") -> Path:
+        source = tmp_path / f"src-{marker}"
+        source.mkdir()
+        (source / "lambda_function.py").write_text(
+            f"MARKER = {marker!r}\n\n\ndef lambda_handler(event, context):\n"
+            "    return {'statusCode': 200, 'body': MARKER}\n"
+        )
+        shutil.copy(deploy.CONFIG_PATH, source / "lambda_config.json")
+        dest = tmp_path / f"package-{marker}.zip"
+        deploy.write_zip(source, dest)
+        return dest
+
+    return make
+
+
+def package_only(runtime: str, arch: str, output: Path) -> Path:
+    """Build the real package the way a user does, into ``output``."""
+    result = subprocess.run(
+        [sys.executable, str(DEPLOY), "--package-only", "--runtime", runtime, "--arch", arch,
+         "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, f"--package-only failed:\n{result.stdout}\n{result.stderr}"
+    assert f"package: {deploy.describe_zip(output).size_text}" in result.stdout
+    return output
+
+
+@pytest.fixture(scope="session")
+def built_package(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path]:
+    """Each runtime/arch package is built once per session (wheels cached in build/)."""
+    folder = tmp_path_factory.mktemp("packages")
+    built: dict[tuple[str, str], Path] = {}
+
+    def build(runtime: str, arch: str) -> Path:
+        if (runtime, arch) not in built:
+            built[runtime, arch] = package_only(runtime, arch, folder / f"{runtime}-{arch}.zip")
+        return built[runtime, arch]
+
+    return build
+
+
+def wheel_tags(archive: zipfile.ZipFile, distribution: str) -> list[str]:
+    names = [
+        n
+        for n in archive.namelist()
+        if n.lower().startswith(distribution.lower() + "-") and n.endswith(".dist-info/WHEEL")
+    ]
+    assert names, f"{distribution} is not in the package"
+    text = archive.read(names[0]).decode()
+    return [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Tag:")]
+
+
+BINARY_DISTRIBUTIONS = (
+    "numpy",
+    "pillow",
+    "pylibjpeg_libjpeg",
+    "pylibjpeg_openjpeg",
+    "pylibjpeg_rle",
+)
+
+
+@SKIP_NO_HANDLER
+@pytest.mark.parametrize("arch", deploy.ARCHITECTURES)
+def test_package_binaries_carry_the_target_platform(
+    arch: str, built_package: Callable[[str, str], Path]
+) -> None:
+    path = built_package("python3.12", arch)
+    machine = deploy.PLATFORM_MACHINE[arch]
+    with zipfile.ZipFile(path) as archive:
+        for distribution in BINARY_DISTRIBUTIONS:
+            tags = wheel_tags(archive, distribution)
+            assert tags, distribution
+            for tag in tags:
+                python, _, platform = tag.split("-")
+                assert python == "cp312", (distribution, tag)
+                assert platform.startswith("manylinux"), (distribution, tag)
+                assert platform.endswith(machine), (distribution, tag)
+        shared = [n for n in archive.namelist() if ".so" in Path(n).suffixes]
+        assert len(shared) > 10
+        for name in shared:
+            with archive.open(name) as member:
+                assert deploy.elf_machine(member.read(20)) == deploy.ELF_MACHINE[arch], name
+
+
+@SKIP_NO_HANDLER
+def test_package_holds_the_function_and_leaves_out_what_lambda_provides(
+    built_package: Callable[[str, str], Path],
+) -> None:
+    path = built_package("python3.12", "x86_64")
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        infos = archive.infolist()
+    top = {name.split("/", 1)[0] for name in names}
+    for module in ("lambda_function.py", "settings.py", "errors.py", "lambda_config.json"):
+        assert module in top
+    assert "deploy.py" not in top
+    assert "tests" not in top
+    for provided in ("boto3", "botocore", "s3transfer"):
+        assert provided not in top
+    assert "requests" in top and "urllib3" in top  # requests' own dependencies stay
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    assert not [n for n in names if "/tests/" in n]
+    assert not [n for n in names if n.endswith(".dist-info/RECORD")]
+    # pylibjpeg discovers its codecs through entry points, which must survive pruning.
+    assert [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    assert names == sorted(names)
+    assert {info.date_time for info in infos} == {deploy.ZIP_EPOCH}
+    package = deploy.describe_zip(path)
+    assert package.unzipped_bytes < deploy.MAX_UNZIPPED_BYTES
+    assert package.zipped_bytes < deploy.DIRECT_UPLOAD_LIMIT
+
+
+@SKIP_NO_HANDLER
+def test_package_build_is_reproducible(
+    built_package: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    built_package("python3.12", "x86_64")  # the wheels are cached from here on
+    # Two builds back to back, so that edits to the project in between cannot differ.
+    first = package_only("python3.12", "x86_64", tmp_path / "first.zip")
+    second = package_only("python3.12", "x86_64", tmp_path / "second.zip")
+    with zipfile.ZipFile(first) as one, zipfile.ZipFile(second) as two:
+        assert one.namelist() == two.namelist()
+        differing = [n for n in one.namelist() if one.read(n) != two.read(n)]
+    assert differing == []
+    assert first.read_bytes() == second.read_bytes()
+
+
+def find_python(version: str) -> str | None:
+    """An interpreter of exactly this version: on PATH, or installed by pyenv."""
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates = [shutil.which(f"python{version}") or ""]
+    candidates += [str(p) for p in sorted(pyenv_root.glob(f"versions/{version}.*/bin/python3"))]
+    for candidate in filter(None, candidates):
+        probe = subprocess.run(
+            [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == version:
+            return candidate
+    return None
+
+
+def runtime_modules(dest: Path) -> Path:
+    """What the Lambda runtime adds after the package on sys.path (/var/runtime)."""
+    dest.mkdir()
+    for name in ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six"):
+        spec = find_spec(name)
+        assert spec is not None and spec.origin, name
+        origin = Path(spec.origin)
+        source = origin.parent if origin.name == "__init__.py" else origin
+        (dest / source.name).symlink_to(source, target_is_directory=source.is_dir())
+    return dest
+
+
+IMPORT_CHECK = """
+import importlib, json, sys
+sys.path[:0] = [{package!r}, {runtime!r}]
+modules = {modules!r}
+for name in modules:
+    importlib.import_module(name)
+import lambda_function
+assert callable(lambda_function.lambda_handler)
+import numpy, PIL.Image, pydicom
+from pydicom.pixels.decoders import JPEG2000Decoder, JPEGLSLosslessDecoder, RLELosslessDecoder
+print(json.dumps({{
+    "python": "%d.%d" % sys.version_info[:2],
+    "numpy": numpy.__file__,
+    "jpeg2000": list(JPEG2000Decoder.available_plugins),
+    "jpegls": list(JPEGLSLosslessDecoder.available_plugins),
+    "rle": list(RLELosslessDecoder.available_plugins),
+}}))
+"""
+
+
+@SKIP_NO_HANDLER
+@pytest.mark.parametrize("runtime", list(deploy.RUNTIMES))
+def test_package_imports_on_the_runtime_python(
+    runtime: str, tmp_path: Path, built_package: Callable[[str, str], Path]
+) -> None:
+    version = deploy.RUNTIMES[runtime]
+    python = find_python(version)
+    if python is None:
+        pytest.skip(f"no Python {version} interpreter on this machine (PATH or pyenv)")
+    package_dir = tmp_path / "task"
+    with zipfile.ZipFile(built_package(runtime, "x86_64")) as archive:
+        archive.extractall(package_dir)
+    modules = sorted(p.stem for p in package_dir.glob("*.py"))
+    script = IMPORT_CHECK.format(
+        package=str(package_dir),
+        runtime=str(runtime_modules(tmp_path / "runtime")),
+        modules=modules,
+    )
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+        "LAMBDA_TASK_ROOT": str(package_dir),
+    }
+    # -I -S: no site-packages of the host interpreter, like the Lambda runtime.
+    result = subprocess.run(
+        [python, "-I", "-S", "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["python"] == version
+    assert report["numpy"].startswith(str(package_dir))
+    for codec in ("jpeg2000", "jpegls", "rle"):
+        assert "pylibjpeg" in report[codec], report
+
+
+def test_oversized_package_is_refused(make_zip: Any) -> None:
+    package = deploy.describe_zip(make_zip())
+    too_big = deploy.Package(
+        path=package.path,
+        zipped_bytes=package.zipped_bytes,
+        unzipped_bytes=deploy.MAX_UNZIPPED_BYTES + 1,
+        files=package.files,
+        sha256_hex=package.sha256_hex,
+    )
+    with pytest.raises(deploy.DeployError, match="Lambda allows"):
+        deploy.check_package(too_big, "python3.12", "x86_64")
+
+
+def test_zip_for_another_architecture_is_refused(aws: Aws, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "lambda_function.py").write_text("def lambda_handler(e, c):\n    return 1\n")
+    # A minimal ELF header for aarch64 (e_machine 183, little-endian).
+    header = b"\x7fELF\x02\x01\x01" + b"\x00" * 11 + (183).to_bytes(2, "little")
+    (source / "_codec.cpython-312-aarch64-linux-gnu.so").write_bytes(header + b"\x00" * 44)
+    zip_path = tmp_path / "arm.zip"
+    deploy.write_zip(source, zip_path)
+    result = run_deploy(aws, NAME, REGION, "--package", str(zip_path), "--yes", expect=1)
+    assert "not built for x86_64" in result.stderr
+    assert aws.lam.list_functions()["Functions"] == []
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--memory", "64"], "--memory (MB) must be between 128 and 10240"),
+        (["--timeout", "901"], "--timeout (seconds) must be between 1 and 900"),
+        (["--ephemeral-storage", "100"], "--ephemeral-storage (MB) must be between"),
+        (["--runtime", "python3.9"], "--runtime must be one of python3.12, python3.13"),
+        (["--allowed-buckets", "Bad_Bucket"], "is not a bucket name or a pattern"),
+        (["--output-bucket", "x"], "not a valid S3 bucket name"),
+        (["--api", "http", "--api-key"], "--api-key needs --api rest"),
+    ],
+)
+def test_invalid_flags_are_rejected_before_anything_is_created(
+    aws: Aws, make_zip: Any, flags: list[str], message: str
+) -> None:
+    result = run_deploy(aws, NAME, REGION, "--package", str(make_zip()), "--yes", *flags, expect=2)
+    assert message in result.stderr
+    assert aws.iam.list_roles()["Roles"] == []
+    assert aws.lam.list_functions()["Functions"] == []
+
+
+def test_timeout_longer_than_the_api_waits_is_a_warning(aws: Aws, make_zip: Any) -> None:
+    result = run_deploy(
+        aws, NAME, REGION, "--package", str(make_zip()), "--timeout", "60", "--dry-run"
+    )
+    assert "--timeout 60 s is longer than the REST API waits" in result.stderr
+
+
+# --------------------------------------------------------------------------- deploys
+
+
+def policy_statements(aws: Aws) -> dict[str, dict[str, Any]]:
+    policy = aws.lam.get_policy(FunctionName=NAME, Qualifier="live")["Policy"]
+    return {s["Sid"]: s for s in json.loads(policy)["Statement"]}
+
+
+def rest_apis(aws: Aws) -> list[dict[str, Any]]:
+    return aws.apigw.get_rest_apis()["items"]
+
+
+def rest_routes(aws: Aws, api_id: str) -> dict[str, dict[str, Any]]:
+    """'METHOD /path' -> the method with its integration."""
+    routes = {}
+    for resource in aws.apigw.get_resources(restApiId=api_id)["items"]:
+        for method in resource.get("resourceMethods") or {}:
+            routes[f"{method} {resource['path']}"] = aws.apigw.get_method(
+                restApiId=api_id, resourceId=resource["id"], httpMethod=method
+            )
+    return routes
+
+
+def alias_uri(aws: Aws) -> str:
+    alias_arn = f"arn:aws:lambda:{REGION}:123456789012:function:{NAME}:live"
+    return f"arn:aws:apigateway:{REGION}:lambda:path/2015-03-31/functions/{alias_arn}/invocations"
+
+
+def test_first_deploy_creates_every_resource(aws: Aws, make_zip: Any) -> None:
+    package = make_zip()
+    result = run_deploy(
+        aws,
+        NAME,
+        REGION,
+        "--package", str(package),
+        "--allowed-buckets", "scans-a,archive-*",
+        "--allowed-hosts", "pacs.example.org",
+        "--output-bucket", "renders",
+        "--memory", "2048",
+        "--ephemeral-storage", "2048",
+        "--log-level", "warning",
+        "--yes",
+    )  # fmt: skip
+
+    # IAM: trust, managed logging policy, least-privilege inline policy.
+    role = aws.iam.get_role(RoleName=f"{NAME}-role")["Role"]
+    trust = role["AssumeRolePolicyDocument"]
+    assert trust["Statement"][0]["Principal"] == {"Service": "lambda.amazonaws.com"}
+    attached = aws.iam.list_attached_role_policies(RoleName=f"{NAME}-role")["AttachedPolicies"]
+    assert [p["PolicyArn"] for p in attached] == [BASIC_POLICY]
+    inline = aws.iam.get_role_policy(RoleName=f"{NAME}-role", PolicyName="s3-least-privilege")
+    statements = {s["Sid"]: s for s in inline["PolicyDocument"]["Statement"]}
+    assert statements["ReadAllowedBuckets"]["Action"] == "s3:GetObject"
+    assert statements["ReadAllowedBuckets"]["Resource"] == [
+        "arn:aws:s3:::scans-a/*",
+        "arn:aws:s3:::archive-*/*",
+    ]
+    assert "s3:PutObject" in statements["WriteOutputPrefix"]["Action"]
+    assert statements["WriteOutputPrefix"]["Resource"] == "arn:aws:s3:::renders/converted/*"
+
+    # Function configuration, environment and code.
+    config = aws.lam.get_function_configuration(FunctionName=NAME)
+    assert config["Handler"] == "lambda_function.lambda_handler"
+    assert config["Runtime"] == "python3.12"
+    assert config["Architectures"] == ["x86_64"]
+    assert config["MemorySize"] == 2048
+    assert config["Timeout"] == 29
+    assert config["EphemeralStorage"] == {"Size": 2048}
+    assert config["Role"] == role["Arn"]
+    assert config["CodeSha256"] == deploy.describe_zip(package).code_sha256
+    assert config["Environment"]["Variables"] == {
+        "LOG_LEVEL": "WARNING",
+        "ALLOWED_HOSTS": "pacs.example.org",
+        "ALLOWED_BUCKETS": "scans-a,archive-*",
+        "OUTPUT_BUCKET": "renders",
+        "OUTPUT_PREFIX": "converted/",
+    }
+    assert aws.lam.list_tags(Resource=config["FunctionArn"])["Tags"] == deploy.TAGS
+
+    # Version 1 behind alias "live".
+    assert aws.lam.get_alias(FunctionName=NAME, Name="live")["FunctionVersion"] == "1"
+
+    # REST API: binary media types, routes as AWS_PROXY to the alias, stage prod.
+    (api,) = rest_apis(aws)
+    assert api["name"] == f"{NAME}-api"
+    assert "image/*" in aws.apigw.get_rest_api(restApiId=api["id"])["binaryMediaTypes"]
+    routes = rest_routes(aws, api["id"])
+    assert sorted(routes) == ["GET /convert", "GET /health", "POST /convert"]
+    for method in routes.values():
+        assert method["methodIntegration"]["type"] == "AWS_PROXY"
+        assert method["methodIntegration"]["uri"] == alias_uri(aws)
+        assert method["apiKeyRequired"] is False
+    assert aws.apigw.get_stage(restApiId=api["id"], stageName="prod")
+
+    # Invoke permission on the alias, scoped to this API in this account.
+    statement = policy_statements(aws)[deploy.SID_REST]
+    assert statement["Principal"] == {"Service": "apigateway.amazonaws.com"}
+    assert statement["Condition"]["ArnLike"]["AWS:SourceArn"] == (
+        f"arn:aws:execute-api:{REGION}:123456789012:{api['id']}/*"
+    )
+    assert statement["Resource"].endswith(f"function:{NAME}:live")
+
+    # The summary a user reads.
+    invoke = f"https://{api['id']}.execute-api.{REGION}.amazonaws.com/prod"
+    assert f"{invoke}/convert" in result.stdout
+    assert f"{invoke}/health" in result.stdout
+    assert f"curl -sS -X POST '{invoke}/convert'" in result.stdout
+    assert "version:      1" in result.stdout
+    assert "zipped" in result.stdout and "unzipped" in result.stdout
+
+
+def test_second_deploy_publishes_a_new_version_and_duplicates_nothing(
+    aws: Aws, make_zip: Any
+) -> None:
+    first, second = make_zip("v1"), make_zip("v2")
+    run_deploy(aws, NAME, REGION, "--package", str(first), "--yes")
+    result = run_deploy(aws, NAME, REGION, "--package", str(second), "--yes")
+
+    assert "function code: updated" in result.stdout
+    assert "alias live: moved (1 -> 2)" in result.stdout
+    config = aws.lam.get_function_configuration(FunctionName=NAME)
+    assert config["CodeSha256"] == deploy.describe_zip(second).code_sha256
+    assert aws.lam.get_alias(FunctionName=NAME, Name="live")["FunctionVersion"] == "2"
+    versions = aws.lam.list_versions_by_function(FunctionName=NAME)["Versions"]
+    assert sorted(v["Version"] for v in versions) == ["$LATEST", "1", "2"]
+
+    # Same arguments again: nothing changes, nothing is duplicated.
+    again = run_deploy(aws, NAME, REGION, "--package", str(second), "--yes")
+    assert "everything unchanged" in again.stdout
+    for line in ("function code: unchanged", "version: unchanged (2)", "REST API"):
+        assert line in again.stdout
+    assert len(rest_apis(aws)) == 1
+    (api,) = rest_apis(aws)
+    assert sorted(rest_routes(aws, api["id"])) == ["GET /convert", "GET /health", "POST /convert"]
+    paths = [r["path"] for r in aws.apigw.get_resources(restApiId=api["id"])["items"]]
+    assert sorted(paths) == ["/", "/convert", "/health"]
+    assert list(policy_statements(aws)) == [deploy.SID_REST]
+    assert len(aws.lam.list_versions_by_function(FunctionName=NAME)["Versions"]) == 3
+    assert [r["RoleName"] for r in aws.iam.list_roles()["Roles"]] == [f"{NAME}-role"]
+
+
+def test_http_api_and_public_function_url(aws: Aws, make_zip: Any) -> None:
+    package = str(make_zip())
+    run_deploy(aws, NAME, REGION, "--package", package, "--yes")
+    result = run_deploy(
+        aws, NAME, REGION, "--package", package, "--api", "http", "--function-url", "public",
+        "--yes",
+    )  # fmt: skip
+
+    # The REST API deploy.py made before is gone; one HTTP API took its place.
+    assert rest_apis(aws) == []
+    (api,) = aws.apigw2.get_apis()["Items"]
+    assert api["ProtocolType"] == "HTTP"
+    (integration,) = aws.apigw2.get_integrations(ApiId=api["ApiId"])["Items"]
+    assert integration["IntegrationType"] == "AWS_PROXY"
+    assert integration["PayloadFormatVersion"] == "2.0"
+    assert integration["IntegrationUri"].endswith(f"function:{NAME}:live")
+    routes = {r["RouteKey"]: r for r in aws.apigw2.get_routes(ApiId=api["ApiId"])["Items"]}
+    assert sorted(routes) == ["GET /convert", "GET /health", "POST /convert"]
+    assert {r["Target"] for r in routes.values()} == {
+        f"integrations/{integration['IntegrationId']}"
+    }
+    stages = aws.apigw2.get_stages(ApiId=api["ApiId"])["Items"]
+    assert [(s["StageName"], s["AutoDeploy"]) for s in stages] == [("$default", True)]
+
+    # Public Function URL: both permissions, and the HTTP API's scoped permission.
+    url = aws.lam.get_function_url_config(FunctionName=NAME, Qualifier="live")
+    assert url["AuthType"] == "NONE"
+    statements = policy_statements(aws)
+    assert set(statements) == {deploy.SID_HTTP, deploy.SID_URL_PUBLIC, deploy.SID_URL_INVOKE}
+    assert statements[deploy.SID_URL_PUBLIC]["Action"] == "lambda:InvokeFunctionUrl"
+    assert "NONE" in json.dumps(statements[deploy.SID_URL_PUBLIC])
+    assert statements[deploy.SID_URL_INVOKE]["Action"] == "lambda:InvokeFunction"
+    assert "InvokedViaFunctionUrl" in json.dumps(statements[deploy.SID_URL_INVOKE])
+    assert statements[deploy.SID_HTTP]["Condition"]["ArnLike"]["AWS:SourceArn"] == (
+        f"arn:aws:execute-api:{REGION}:123456789012:{api['ApiId']}/*"
+    )
+    assert url["FunctionUrl"] in result.stdout
+    assert f"{api['ApiEndpoint']}/convert" in result.stdout
+
+    # Switching the URL to IAM auth withdraws the public permissions.
+    run_deploy(
+        aws, NAME, REGION, "--package", package, "--api", "http", "--function-url", "iam", "--yes"
+    )
+    url = aws.lam.get_function_url_config(FunctionName=NAME, Qualifier="live")
+    assert url["AuthType"] == "AWS_IAM"
+    assert set(policy_statements(aws)) == {deploy.SID_HTTP}
+
+
+def test_no_allowed_buckets_means_no_s3_read(aws: Aws, make_zip: Any) -> None:
+    result = run_deploy(aws, NAME, REGION, "--package", str(make_zip()), "--yes")
+    assert "no S3 read access" in result.stdout
+    assert aws.iam.list_role_policies(RoleName=f"{NAME}-role")["PolicyNames"] == []
+    variables = aws.lam.get_function_configuration(FunctionName=NAME)["Environment"]["Variables"]
+    assert "ALLOWED_BUCKETS" not in variables
+
+
+def test_api_key_adds_a_throttled_usage_plan(aws: Aws, make_zip: Any) -> None:
+    package = str(make_zip())
+    run_deploy(aws, NAME, REGION, "--package", package, "--yes")
+    run_deploy(aws, NAME, REGION, "--package", package, "--api-key", "--yes")
+
+    (api,) = rest_apis(aws)
+    routes = rest_routes(aws, api["id"])
+    assert routes["POST /convert"]["apiKeyRequired"] is True
+    assert routes["GET /convert"]["apiKeyRequired"] is True
+    assert routes["GET /health"]["apiKeyRequired"] is False
+    for method in routes.values():
+        assert method["methodIntegration"]["uri"] == alias_uri(aws)
+    (key,) = aws.apigw.get_api_keys()["items"]
+    (plan,) = aws.apigw.get_usage_plans()["items"]
+    assert plan["apiStages"] == [{"apiId": api["id"], "stage": "prod"}]
+    assert plan["throttle"] == {"rateLimit": 10.0, "burstLimit": 20}
+    keys = aws.apigw.get_usage_plan_keys(usagePlanId=plan["id"])["items"]
+    assert [k["id"] for k in keys] == [key["id"]]
+
+    # Without --api-key again: key and plan go, the routes open up.
+    run_deploy(aws, NAME, REGION, "--package", package, "--yes")
+    assert aws.apigw.get_api_keys()["items"] == []
+    assert aws.apigw.get_usage_plans()["items"] == []
+    routes = rest_routes(aws, api["id"])
+    assert not any(m["apiKeyRequired"] for m in routes.values())
+
+
+def test_code_bucket_carries_the_code(aws: Aws, make_zip: Any) -> None:
+    package = make_zip()
+    aws.s3.create_bucket(Bucket="deploy-artifacts")
+    result = run_deploy(
+        aws, NAME, REGION, "--package", str(package), "--code-bucket", "deploy-artifacts", "--yes"
+    )
+    digest = deploy.describe_zip(package)
+    key = f"deploy-py/{NAME}/{digest.sha256_hex}.zip"
+    assert f"s3://deploy-artifacts/{key}: uploaded" in result.stdout
+    assert aws.s3.head_object(Bucket="deploy-artifacts", Key=key)["ContentLength"] == (
+        digest.zipped_bytes
+    )
+    config = aws.lam.get_function_configuration(FunctionName=NAME)
+    assert config["CodeSha256"] == digest.code_sha256
+
+
+def account_state(aws: Aws) -> dict[str, Any]:
+    """Everything deploy.py can touch, in a comparable form."""
+    functions = aws.lam.list_functions()["Functions"]
+    state: dict[str, Any] = {
+        "roles": sorted(r["RoleName"] for r in aws.iam.list_roles()["Roles"]),
+        "functions": sorted(
+            json.dumps(
+                {k: f.get(k) for k in ("FunctionName", "CodeSha256", "MemorySize", "Environment")},
+                sort_keys=True,
+            )
+            for f in functions
+        ),
+        "rest": sorted(a["id"] for a in rest_apis(aws)),
+        "http": sorted(a["ApiId"] for a in aws.apigw2.get_apis()["Items"]),
+        "keys": sorted(k["id"] for k in aws.apigw.get_api_keys()["items"]),
+    }
+    for function in functions:
+        name = function["FunctionName"]
+        versions = aws.lam.list_versions_by_function(FunctionName=name)["Versions"]
+        state[f"{name}:versions"] = sorted(v["Version"] for v in versions)
+        state[f"{name}:aliases"] = sorted(
+            (a["Name"], a["FunctionVersion"])
+            for a in aws.lam.list_aliases(FunctionName=name)["Aliases"]
+        )
+    for role in state["roles"]:
+        state[f"{role}:inline"] = aws.iam.list_role_policies(RoleName=role)["PolicyNames"]
+    for api_id in state["rest"]:
+        state[f"{api_id}:resources"] = sorted(
+            r["path"] for r in aws.apigw.get_resources(restApiId=api_id)["items"]
+        )
+    return state
+
+
+def test_dry_run_changes_nothing(aws: Aws, make_zip: Any) -> None:
+    first, second = str(make_zip("v1")), str(make_zip("v2"))
+    empty = account_state(aws)
+    result = run_deploy(aws, NAME, REGION, "--package", first, "--dry-run")
+    assert account_state(aws) == empty
+    assert f"function {NAME}: would be created" in result.stdout
+    assert "REST API dicom-test-api: would be created" in result.stdout
+    assert "nothing was changed" in result.stdout
+
+    run_deploy(aws, NAME, REGION, "--package", first, "--allowed-buckets", "scans", "--yes")
+    deployed = account_state(aws)
+    result = run_deploy(
+        aws, NAME, REGION, "--package", second, "--api", "http", "--function-url", "public",
+        "--memory", "4096", "--dry-run",
+    )  # fmt: skip
+    assert account_state(aws) == deployed
+    for planned in (
+        "function code: would be updated",
+        "function configuration: would be updated (MemorySize, Environment)",
+        "inline policy s3-least-privilege: would be deleted",
+        "REST API dicom-test-api: would be deleted",
+        "HTTP API dicom-test-http-api: would be created",
+        "Function URL on alias live: would be created",
+    ):
+        assert planned in result.stdout
+
+
+def test_delete_removes_what_deploy_created_and_nothing_else(aws: Aws, make_zip: Any) -> None:
+    package = str(make_zip())
+    # Someone else's resources in the same account.
+    trust = json.dumps(deploy.LAMBDA_TRUST_POLICY)
+    other_role = aws.iam.create_role(RoleName="someone-elses-role", AssumeRolePolicyDocument=trust)
+    aws.lam.create_function(
+        FunctionName="someone-elses-function",
+        Runtime="python3.12",
+        Role=other_role["Role"]["Arn"],
+        Handler="lambda_function.lambda_handler",
+        Code={"ZipFile": Path(package).read_bytes()},
+    )
+    aws.apigw.create_rest_api(name="someone-elses-api")
+    run_deploy(
+        aws, NAME, REGION, "--package", package, "--api-key", "--allowed-buckets", "scans",
+        "--function-url", "public", "--yes",
+    )  # fmt: skip
+    aws.apigw2.create_api(Name="someone-elses-http-api", ProtocolType="HTTP")
+
+    refused = run_deploy(aws, "--delete", NAME, REGION, endpoint="env", expect=2)
+    assert "--yes" in refused.stderr
+    result = run_deploy(aws, "--delete", NAME, REGION, "--yes", endpoint="env")
+
+    assert [f["FunctionName"] for f in aws.lam.list_functions()["Functions"]] == [
+        "someone-elses-function"
+    ]
+    assert [r["RoleName"] for r in aws.iam.list_roles()["Roles"]] == ["someone-elses-role"]
+    assert [a["name"] for a in rest_apis(aws)] == ["someone-elses-api"]
+    assert [a["Name"] for a in aws.apigw2.get_apis()["Items"]] == ["someone-elses-http-api"]
+    assert aws.apigw.get_api_keys()["items"] == []
+    assert aws.apigw.get_usage_plans()["items"] == []
+    assert "Deleted:" in result.stdout
+
+    # A second delete finds nothing of its own and touches nothing else.
+    again = run_deploy(aws, "--delete", NAME, REGION, "--yes")
+    assert "Deleted: 0 change(s)." in again.stdout
+    assert len(aws.lam.list_functions()["Functions"]) == 1
+
+
+@SKIP_NO_HANDLER
+def test_deploy_builds_and_ships_the_real_package(
+    aws: Aws, built_package: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    built_package("python3.12", "x86_64")  # warms the wheel cache
+    output = tmp_path / "deployed.zip"
+    result = run_deploy(aws, NAME, REGION, "--output", str(output), "--yes")
+    assert "building for python3.12 on manylinux x86_64" in result.stdout
+    config = aws.lam.get_function_configuration(FunctionName=NAME)
+    assert config["CodeSha256"] == deploy.describe_zip(output).code_sha256
+    assert config["CodeSize"] == output.stat().st_size
+
+
+def test_package_over_50_mb_goes_through_a_bucket_deploy_creates(aws: Aws, tmp_path: Path) -> None:
+    source = tmp_path / "big"
+    source.mkdir()
+    (source / "lambda_function.py").write_text("def lambda_handler(e, c):\n    return 1\n")
+    # Random bytes do not compress, so the zip stays above the direct-upload limit.
+    (source / "blob.bin").write_bytes(os.urandom(deploy.DIRECT_UPLOAD_LIMIT + 4096))
+    package = tmp_path / "big.zip"
+    deploy.write_zip(source, package)
+    digest = deploy.describe_zip(package)
+    assert digest.zipped_bytes > deploy.DIRECT_UPLOAD_LIMIT
+
+    result = run_deploy(aws, NAME, REGION, "--package", str(package), "--api", "none", "--yes")
+    bucket = f"dicom-lambda-code-123456789012-{REGION}"
+    key = f"deploy-py/{NAME}/{digest.sha256_hex}.zip"
+    assert "over 50 MB zipped: the code goes to Lambda through S3" in result.stdout
+    assert f"code bucket {bucket}: created" in result.stdout
+    assert aws.s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == digest.zipped_bytes
+    block = aws.s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    assert all(block.values())
+    config = aws.lam.get_function_configuration(FunctionName=NAME)
+    assert config["CodeSha256"] == digest.code_sha256
+
+    run_deploy(aws, "--delete", NAME, REGION, "--yes")
+    assert aws.s3.list_buckets()["Buckets"] == []
