@@ -350,7 +350,10 @@ def _ensure_transfer_syntax(ds: Dataset) -> None:
     meta = getattr(ds, "file_meta", None)
     if meta is None:
         meta = ds.file_meta = FileMetaDataset()
-    if meta.get("TransferSyntaxUID"):
+    syntax = meta.get("TransferSyntaxUID")
+    if syntax:
+        if not isinstance(syntax, str):
+            raise CorruptDicom("the file meta Transfer Syntax UID (0002,0010) must be one UID")
         return
     implicit, little = ds.original_encoding
     if implicit is not False:
@@ -508,7 +511,7 @@ def transfer_syntax(ds: Dataset) -> str:
     uid = ds.file_meta.TransferSyntaxUID
     try:
         decoder = get_decoder(uid)
-    except (NotImplementedError, ValueError) as exc:
+    except (NotImplementedError, ValueError, TypeError) as exc:
         raise UnsupportedTransferSyntax(
             f"transfer syntax {uid} ({syntax_name(uid)}) is not supported; "
             f"supported: {', '.join(sorted(set(supported_syntax_names())))}"
