@@ -1,0 +1,140 @@
+"""The main job end to end, on this machine: ``make demo``.
+
+1. serve a bundled sample DICOM (CT_small.dcm from pydicom's wheel) over HTTP on loopback;
+2. start the local API (``local_api.py``), which speaks API Gateway events to the handler;
+3. POST /convert with the sample's URL, as a client of the deployed API would;
+4. write the JPG to ``out/`` and print its path and the response metadata.
+
+The URL policy refuses loopback addresses unless ALLOWED_HOSTS lists them, so the
+demo allows 127.0.0.1 for the local API explicitly.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+PROJECT = Path(__file__).resolve().parent
+OUT = PROJECT / "out"
+SAMPLE = "CT_small.dcm"
+
+
+def sample_path(name: str = SAMPLE) -> Path:
+    """A DICOM file shipped inside pydicom's wheel (never downloaded)."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        raise SystemExit(f"{name} is not among pydicom's bundled test files")
+    return Path(path)
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+@contextmanager
+def serve_file(path: Path) -> Iterator[str]:
+    """Serve the folder of `path` on 127.0.0.1; yields the file's URL."""
+    handler = functools.partial(_QuietFiles, directory=str(path.parent))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def local_api(env: dict[str, str]) -> Iterator[str]:
+    """Run ``local_api.py --port 0`` and yield its base URL once it answers /health."""
+    process = subprocess.Popen(
+        [sys.executable, str(PROJECT / "local_api.py"), "--port", "0"],
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.search(r"Serving on (http://\S+)", line)
+        if not match:
+            raise SystemExit(f"local API did not start: {line!r}")
+        base = match.group(1)
+        # The handler's JSON log lines go to the server's stdout; drain them quietly.
+        threading.Thread(target=process.stdout.read, daemon=True).start()
+        wait_for_health(base)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def wait_for_health(base: str, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+
+
+def post_json(url: str, document: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(document).encode(),
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def main() -> int:
+    sample = sample_path()
+    env = {**os.environ, "ALLOWED_HOSTS": "127.0.0.1"}
+    with serve_file(sample) as dicom_url, local_api(env) as api:
+        print(f"sample:    {sample} served at {dicom_url}")
+        print(f"local API: {api} (REST API events)")
+        status, document = post_json(f"{api}/convert", {"url": dicom_url, "quality": 90})
+    if status != 200 or not document.get("success"):
+        print(f"conversion failed: HTTP {status}: {json.dumps(document, indent=2)}")
+        return 1
+    data = document["data"]
+    OUT.mkdir(exist_ok=True)
+    target = OUT / f"{Path(SAMPLE).stem}.{data['format']}"
+    target.write_bytes(base64.b64decode(data.pop("image_base64")))
+    print(f"image:     {target}")
+    print("response metadata:")
+    summary = {k: v for k, v in document.items() if k != "data"}
+    print(json.dumps({**summary, "data": data}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
