@@ -23,6 +23,7 @@ import math
 import os
 import re
 import sys
+import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -186,17 +187,32 @@ class RenderResult:
     transfer_syntax: str
     passthrough: bool
     metadata: dict[str, Any]
+    # Milliseconds spent in each stage: read, decode, render, encode.
+    timings_ms: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def file_size(self) -> int:
         return len(self.image)
 
     def describe(self) -> dict[str, Any]:
-        """Everything but the image bytes, as plain JSON-ready values."""
+        """Everything but the image bytes and timings, as plain JSON-ready values."""
         info = asdict(self)
-        del info["image"]
+        del info["image"], info["timings_ms"]
         info["file_size"] = self.file_size
         return info
+
+
+class StageTimer:
+    """Wall time of consecutive stages, in milliseconds."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage] = round((now - self._last) * 1000, 2)
+        self._last = now
 
 
 @dataclass(frozen=True)
@@ -761,8 +777,9 @@ def voi_lut(values: np.ndarray, window: AppliedWindow, ds: Dataset) -> np.ndarra
     assert window.center is not None and window.width is not None
     c, w = window.center, window.width
     if window.function == "SIGMOID":
-        # C.11.2.1.3.1
-        return 255.0 / (1.0 + np.exp(-4.0 * (values - c) / w))
+        # C.11.2.1.3.1; exp overflows to inf far below the center, giving 0 as it should.
+        with np.errstate(over="ignore"):
+            return 255.0 / (1.0 + np.exp(-4.0 * (values - c) / w))
     if window.function == "LINEAR_EXACT":
         # C.11.2.1.3.2
         return np.clip((values - c) / w + 0.5, 0.0, 1.0) * 255.0
@@ -1106,6 +1123,7 @@ def render(
     settings = settings or get_settings()
     path = Path(path)
 
+    timings = StageTimer()
     ds = read_dataset(path, settings)
     module = image_pixel_module(ds, settings)
     syntax = transfer_syntax(ds)
@@ -1116,14 +1134,21 @@ def render(
     index = options.frame - 1
     check_pixel_data_length(ds, module)
     quality = options.quality if options.quality is not None else settings.default_quality
+    timings.lap("read")
 
     passthrough = embedded_jpeg_frame(ds, index, module, options)
     if passthrough is not None:
         image, width, height = passthrough, module.columns, module.rows
         window = AppliedWindow(None, None, "NONE", "none")
+        timings.lap("decode")
     else:
-        pixels, window = render_pixels(ds, index, module, options)
+        frame = decode_frame(ds, index, module)
+        timings.lap("decode")
+        pixels, window = display_pixels(ds, frame, module, options)
+        del frame  # the stored frame is no longer needed while encoding
+        timings.lap("render")
         image, width, height = encode(pixels, options, quality)
+        timings.lap("encode")
 
     return RenderResult(
         image=image,
@@ -1139,14 +1164,14 @@ def render(
         transfer_syntax=syntax,
         passthrough=passthrough is not None,
         metadata=selected_metadata(ds) if options.include_metadata else {},
+        timings_ms=timings.laps,
     )
 
 
-def render_pixels(
-    ds: Dataset, index: int, module: ImagePixelModule, options: RenderOptions
+def display_pixels(
+    ds: Dataset, frame: np.ndarray, module: ImagePixelModule, options: RenderOptions
 ) -> tuple[np.ndarray, AppliedWindow]:
-    """Decode frame `index` and take it through every display stage to uint8."""
-    frame = decode_frame(ds, index, module)
+    """Take a decoded frame through every display stage to uint8 grey or RGB."""
     photometric = module.photometric_interpretation
     if module.samples_per_pixel == 1 and photometric == "PALETTE COLOR":
         rgb = palette_color(frame, ds)

@@ -902,11 +902,13 @@ def convert(
         started = time.perf_counter()
         result = dicom_converter.render(path, request.options, settings)
         log.stage("decode_render", started)
+        # The converter's own split of that time: read, decode, render, encode.
+        log.durations.update(result.timings_ms)
     log.sizes["image_bytes"] = result.file_size
     log.fields["output"] = {"format": result.format, "width": result.width, "height": result.height}
     started = time.perf_counter()
     response = deliver(result, request, incoming.kind, request_id, settings, log)
-    log.stage("encode", started)
+    log.stage("respond", started)
     return response
 
 

@@ -315,7 +315,9 @@ def test_result_describes_what_was_applied() -> None:
     assert (info["frame"], info["frames"]) == (1, 1)
     assert info["metadata"]["Modality"] == "MR"
     assert info["metadata"]["Rows"] == 64
-    assert "image" not in info
+    assert "image" not in info and "timings_ms" not in info
+    assert set(result.timings_ms) == {"read", "decode", "render", "encode"}
+    assert set(render(bundled_file("SC_rgb_jpeg_dcmtk.dcm")).timings_ms) == {"read", "decode"}
 
 
 def test_metadata_is_optional(tmp_path: Path) -> None:

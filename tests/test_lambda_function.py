@@ -954,7 +954,16 @@ def test_logs_are_json_lines_with_stages_and_sizes_and_no_patient_data(
     assert line["route"] == "/convert" and line["method"] == "POST"
     assert line["event_type"] == "rest" and line["status"] == 200
     assert line["source_type"] == "http"
-    assert set(line["durations_ms"]) == {"download", "decode_render", "encode", "total"}
+    assert set(line["durations_ms"]) == {
+        "download",
+        "read",
+        "decode",
+        "render",
+        "encode",
+        "decode_render",
+        "respond",
+        "total",
+    }
     assert line["sizes"]["download_bytes"] == sample_dicom.stat().st_size
     assert line["sizes"]["image_bytes"] == answer.document["data"]["file_size"]  # type: ignore[index]
     assert line["sizes"]["response_bytes"] > line["sizes"]["image_bytes"]
