@@ -22,6 +22,7 @@ import io
 import math
 import os
 import re
+import struct
 import sys
 import time
 import zlib
@@ -1031,7 +1032,7 @@ def embedded_jpeg_frame(
 
     try:
         stream = get_frame(ds.PixelData, index, number_of_frames=module.frames)
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
+    except (ValueError, KeyError, IndexError, TypeError, struct.error) as exc:
         raise CorruptDicom(
             f"the encapsulated pixel data is invalid: {parse_error_text(exc)}"
         ) from exc
