@@ -72,7 +72,16 @@ LAMBDA_LOG_LEVEL = {
     "CRITICAL": "FATAL",
 }
 # Environment variables deploy.py owns; any other variable on the function is kept.
-MANAGED_ENV = ("LOG_LEVEL", "ALLOWED_HOSTS", "ALLOWED_BUCKETS", "OUTPUT_BUCKET", "OUTPUT_PREFIX")
+MANAGED_ENV = (
+    "LOG_LEVEL",
+    "ALLOWED_HOSTS",
+    "ALLOWED_BUCKETS",
+    "OUTPUT_BUCKET",
+    "OUTPUT_PREFIX",
+    "WATCH_BUCKET",
+    "WATCH_PREFIX",
+    "WATCH_SUFFIXES",
+)
 
 MANAGED_TAG_KEY = "managed-by"
 MANAGED_TAG_VALUE = "dicom-lambda-deploy"
@@ -80,6 +89,8 @@ TAGS = {MANAGED_TAG_KEY: MANAGED_TAG_VALUE}
 
 BASIC_EXECUTION_POLICY = "policy/service-role/AWSLambdaBasicExecutionRole"
 INLINE_POLICY_NAME = "s3-least-privilege"
+# Only with --watch-bucket: read the watched prefix (and write outputs beside it).
+WATCH_POLICY_NAME = "s3-bulk-trigger"
 LAMBDA_TRUST_POLICY = {
     "Version": "2012-10-17",
     "Statement": [
@@ -102,6 +113,13 @@ SID_REST = "apigateway-rest-invoke"
 SID_HTTP = "apigateway-http-invoke"
 SID_URL_PUBLIC = "function-url-public"
 SID_URL_INVOKE = "function-url-invoke"
+SID_S3_TRIGGER = "s3-bucket-notification"
+NOTIFICATION_KEYS = (
+    "TopicConfigurations",
+    "QueueConfigurations",
+    "LambdaFunctionConfigurations",
+    "EventBridgeConfiguration",
+)
 
 CODE_KEY_PREFIX = "deploy-py"
 # A fresh role can take several seconds before Lambda may assume it.
@@ -137,6 +155,9 @@ class Options:
     allowed_hosts: tuple[str, ...]
     output_bucket: str | None
     output_prefix: str
+    watch_bucket: str | None
+    watch_prefix: str
+    watch_suffixes: tuple[str, ...]
     api_key: bool
     log_level: str
     profile: str | None
@@ -163,6 +184,9 @@ class Options:
             "ALLOWED_BUCKETS": ",".join(self.allowed_buckets),
             "OUTPUT_BUCKET": self.output_bucket or "",
             "OUTPUT_PREFIX": self.output_prefix,
+            "WATCH_BUCKET": self.watch_bucket or "",
+            "WATCH_PREFIX": self.watch_prefix if self.watch_bucket else "",
+            "WATCH_SUFFIXES": ",".join(self.watch_suffixes) if self.watch_bucket else "",
         }
         return {name: value for name, value in values.items() if value}
 
@@ -195,6 +219,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--allowed-hosts", metavar="H1,H2", help="hosts the function may fetch")
     parser.add_argument("--output-bucket", metavar="B", help="bucket for images too big to return")
     parser.add_argument("--output-prefix", metavar="P", help="key prefix in the output bucket")
+    parser.add_argument(
+        "--watch-bucket", metavar="B", help="convert new objects in this bucket as they arrive"
+    )
+    parser.add_argument("--watch-prefix", metavar="P", help="only keys under this prefix count")
+    parser.add_argument(
+        "--watch-suffixes", metavar="S1,S2", help="only keys ending so count, e.g. .dcm"
+    )
     parser.add_argument("--api-key", action="store_true", help="REST API: require an API key")
     parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS)
     parser.add_argument("--profile", help="AWS named profile")
@@ -254,6 +285,13 @@ def build_options(args: argparse.Namespace) -> Options:
             if args.output_prefix is not None
             else settings.get("output_prefix", "converted/")
         ),
+        watch_bucket=args.watch_bucket or settings.get("watch_bucket") or None,
+        watch_prefix=(
+            args.watch_prefix
+            if args.watch_prefix is not None
+            else settings.get("watch_prefix") or ""
+        ),
+        watch_suffixes=_split_list(args.watch_suffixes, settings.get("watch_suffixes") or []),
         api_key=args.api_key,
         log_level=(args.log_level or settings.get("log_level", "INFO")).upper(),
         profile=args.profile,
@@ -348,7 +386,12 @@ def _name_errors(o: Options) -> list[str]:
         for name in o.allowed_buckets
         if not _BUCKET_PATTERN.match(name)
     )
-    for flag, name in (("--output-bucket", o.output_bucket), ("--code-bucket", o.code_bucket)):
+    buckets = (
+        ("--output-bucket", o.output_bucket),
+        ("--code-bucket", o.code_bucket),
+        ("--watch-bucket", o.watch_bucket),
+    )
+    for flag, name in buckets:
         if name and not _BUCKET.match(name):
             errors.append(f"{flag}: {name!r} is not a valid S3 bucket name")
     return errors
@@ -364,6 +407,8 @@ def _combination_errors(o: Options) -> list[str]:
         errors.append("--output names where a build goes; --package deploys a zip as it is")
     if o.package_only and (o.delete or o.dry_run):
         errors.append("--package-only cannot be combined with --delete or --dry-run")
+    if o.watch_bucket and o.watch_bucket == o.code_bucket:
+        errors.append("--watch-bucket and --code-bucket must be different buckets")
     return errors
 
 
@@ -758,6 +803,8 @@ class Deployer:
         self.function_exists = False
         self.function_changed = False
         self.deleting = False
+        # WATCH_BUCKET of the function as found, so a trigger left behind can be removed.
+        self.previous_watch_bucket: str | None = None
 
     # ----------------------------------------------------------------- helpers
 
@@ -843,6 +890,7 @@ class Deployer:
                 self.report.unchanged(f"role {self.role_name}")
         self._ensure_basic_execution(created)
         self._ensure_inline_policy(created)
+        self._converge_role_policy(WATCH_POLICY_NAME, self.watch_policy(), created)
         if created and not self.dry:
             self.iam.get_waiter("role_exists").wait(
                 RoleName=self.role_name, WaiterConfig={"Delay": 1, "MaxAttempts": 30}
@@ -937,6 +985,68 @@ class Deployer:
                 PolicyDocument=json.dumps(desired),
             ),
             detail,
+        )
+
+    def watch_policy(self) -> dict[str, Any] | None:
+        """With --watch-bucket: read the watched prefix; write outputs there when they
+        stay in that bucket (OUTPUT_BUCKET's own statement covers another bucket).
+
+        GetObjectVersion reads the exact version a notification names in a versioned
+        bucket; GetObject on the outputs is what HeadObject, the redelivery check, needs.
+        """
+        bucket = self.o.watch_bucket
+        if not bucket:
+            return None
+        p = self.aws.partition
+        statements: list[dict[str, Any]] = [
+            {
+                "Sid": "ReadWatchedPrefix",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+                "Resource": f"arn:{p}:s3:::{bucket}/{self.o.watch_prefix}*",
+            }
+        ]
+        if not self.o.output_bucket or self.o.output_bucket == bucket:
+            statements.append(
+                {
+                    "Sid": "WriteOutputsInWatchedBucket",
+                    "Effect": "Allow",
+                    "Action": ["s3:PutObject", "s3:GetObject"],
+                    "Resource": f"arn:{p}:s3:::{bucket}/{self.o.output_prefix}*",
+                }
+            )
+        return {"Version": "2012-10-17", "Statement": statements}
+
+    def _converge_role_policy(
+        self, name: str, desired: dict[str, Any] | None, role_is_new: bool
+    ) -> None:
+        """Create, update or delete one inline policy of the role so it matches ``desired``."""
+        what = f"inline policy {name}"
+        current = None
+        if not role_is_new:
+            found = get_or_none(self.iam.get_role_policy, RoleName=self.role_name, PolicyName=name)
+            if found is not None:
+                document = found["PolicyDocument"]
+                current = json.loads(document) if isinstance(document, str) else document
+        if desired is None:
+            if current is not None:
+                self.apply(
+                    what,
+                    "deleted",
+                    lambda: self.iam.delete_role_policy(RoleName=self.role_name, PolicyName=name),
+                )
+            return
+        resources = "; ".join(str(statement["Resource"]) for statement in desired["Statement"])
+        if current is not None and canonical(current) == canonical(desired):
+            self.report.unchanged(what, resources)
+            return
+        self.apply(
+            what,
+            "created" if current is None else "updated",
+            lambda: self.iam.put_role_policy(
+                RoleName=self.role_name, PolicyName=name, PolicyDocument=json.dumps(desired)
+            ),
+            resources,
         )
 
     def _policy_detail(self) -> str:
@@ -1046,6 +1156,7 @@ class Deployer:
         else:
             self.report.unchanged("function code", f"{package.sha256_hex[:12]}, {self.o.arch}")
         current_env = (config.get("Environment") or {}).get("Variables") or {}
+        self.previous_watch_bucket = current_env.get("WATCH_BUCKET") or None
         desired = self.desired_configuration(role_arn, current_env)
         differences = configuration_differences(config, desired)
         if not differences:
@@ -1749,6 +1860,115 @@ class Deployer:
         self.remove_permission(SID_URL_PUBLIC, "public permission lambda:InvokeFunctionUrl")
         self.remove_permission(SID_URL_INVOKE, "public permission lambda:InvokeFunction")
 
+    # ----------------------------------------------------------------- S3 trigger
+
+    def check_watch_bucket(self) -> None:
+        """Refuse a watched bucket that does not exist before anything is changed."""
+        bucket = self.o.watch_bucket
+        if bucket and get_or_none(self.s3.head_bucket, Bucket=bucket) is None:
+            raise DeployError(f"--watch-bucket {bucket}: no such bucket; create it first")
+
+    def ensure_s3_trigger(self) -> None:
+        """The bucket notification and the invoke permission scoped to that bucket.
+
+        Notification configurations of other consumers on the bucket are kept; the
+        ones that invoke this function are made to match the watched prefix/suffixes.
+        """
+        bucket = self.o.watch_bucket
+        previous = self.previous_watch_bucket
+        if previous and previous != bucket:
+            self.remove_notification(previous)
+        if not bucket:
+            self.remove_permission(SID_S3_TRIGGER, "invoke permission for S3 notifications")
+            if not previous:
+                self.report.unchanged("S3 trigger", "none (no --watch-bucket)")
+            return
+        self.ensure_permission(
+            SID_S3_TRIGGER,
+            f"invoke permission for notifications of s3://{bucket}",
+            Action="lambda:InvokeFunction",
+            Principal="s3.amazonaws.com",
+            SourceArn=f"arn:{self.aws.partition}:s3:::{bucket}",
+            SourceAccount=self.aws.account,
+        )
+        current = self.s3.get_bucket_notification_configuration(Bucket=bucket)
+        kept = self._others_notifications(current)
+        mine = [c for c in current.get("LambdaFunctionConfigurations", []) if self._is_mine(c)]
+        desired = self.notification_configurations()
+        what = f"notification s3://{bucket} -> alias {self.o.alias}"
+        detail = ", ".join(self._filter_text(c) for c in desired)
+        if sorted(map(_notification_key, mine)) == sorted(map(_notification_key, desired)):
+            self.report.unchanged(what, detail)
+            return
+        configuration = {
+            **kept,
+            "LambdaFunctionConfigurations": [*kept["LambdaFunctionConfigurations"], *desired],
+        }
+        self.apply(
+            what,
+            "added" if not mine else "updated",
+            lambda: self.s3.put_bucket_notification_configuration(
+                Bucket=bucket, NotificationConfiguration=configuration
+            ),
+            detail,
+        )
+
+    def notification_configurations(self) -> list[dict[str, Any]]:
+        """One configuration per suffix: an S3 filter holds one prefix and one suffix."""
+        configurations = []
+        for index, suffix in enumerate(self.o.watch_suffixes or ("",)):
+            rules = []
+            if self.o.watch_prefix:
+                rules.append({"Name": "prefix", "Value": self.o.watch_prefix})
+            if suffix:
+                rules.append({"Name": "suffix", "Value": suffix})
+            configuration: dict[str, Any] = {
+                "Id": f"{self.o.function_name}-dicom-{index}",
+                "LambdaFunctionArn": self.alias_arn,
+                "Events": ["s3:ObjectCreated:*"],
+            }
+            if rules:
+                configuration["Filter"] = {"Key": {"FilterRules": rules}}
+            configurations.append(configuration)
+        return configurations
+
+    def remove_notification(self, bucket: str) -> None:
+        """Take this function's configurations off the bucket; keep everyone else's."""
+        current = get_or_none(self.s3.get_bucket_notification_configuration, Bucket=bucket)
+        if current is None:
+            self.report.note(f"watched bucket {bucket}: not found")
+            return
+        mine = [c for c in current.get("LambdaFunctionConfigurations", []) if self._is_mine(c)]
+        if not mine:
+            return
+        kept = self._others_notifications(current)
+        self.apply(
+            f"notification s3://{bucket} -> alias {self.o.alias}",
+            "removed",
+            lambda: self.s3.put_bucket_notification_configuration(
+                Bucket=bucket, NotificationConfiguration=kept
+            ),
+        )
+
+    def _is_mine(self, configuration: dict[str, Any]) -> bool:
+        arn = str(configuration.get("LambdaFunctionArn", ""))
+        return arn == self.function_arn or arn.startswith(f"{self.function_arn}:")
+
+    def _others_notifications(self, current: dict[str, Any]) -> dict[str, Any]:
+        kept = {key: current[key] for key in NOTIFICATION_KEYS if key in current}
+        kept["LambdaFunctionConfigurations"] = [
+            c for c in current.get("LambdaFunctionConfigurations", []) if not self._is_mine(c)
+        ]
+        return kept
+
+    @staticmethod
+    def _filter_text(configuration: dict[str, Any]) -> str:
+        rules = {
+            rule["Name"].lower(): rule["Value"]
+            for rule in configuration.get("Filter", {}).get("Key", {}).get("FilterRules", [])
+        }
+        return f"{rules.get('prefix', '')}*{rules.get('suffix', '')}"
+
     # ----------------------------------------------------------------- delete
 
     def delete_all(self) -> None:
@@ -1759,6 +1979,8 @@ class Deployer:
         self.remove_http_api("requested by --delete")
         if self.report.changes == changes:
             self.report.note("no API created by deploy.py found")
+        self.report.step("S3 trigger")
+        self._delete_notification()
         self.report.step("Function")
         self._delete_function()
         self.report.step("IAM role")
@@ -1769,6 +1991,23 @@ class Deployer:
             f"log group /aws/lambda/{self.o.function_name} is kept (Lambda created it); "
             "remove it with `aws logs delete-log-group` if the logs are not needed"
         )
+
+    def _delete_notification(self) -> None:
+        """The notification this function's WATCH_BUCKET (or --watch-bucket) names."""
+        current = get_or_none(self.lam.get_function, FunctionName=self.o.function_name)
+        if current is not None and (current.get("Tags") or {}).get(MANAGED_TAG_KEY) != (
+            MANAGED_TAG_VALUE
+        ):
+            self.report.note("function not created by deploy.py: its notifications are kept")
+            return
+        variables = ((current or {}).get("Configuration", {}).get("Environment") or {}).get(
+            "Variables"
+        ) or {}
+        buckets = {b for b in (self.o.watch_bucket, variables.get("WATCH_BUCKET")) if b}
+        for bucket in sorted(buckets):
+            self.remove_notification(bucket)
+        if not buckets:
+            self.report.note("no watched bucket")
 
     def _delete_function(self) -> None:
         current = get_or_none(self.lam.get_function, FunctionName=self.o.function_name)
@@ -1812,15 +2051,16 @@ class Deployer:
                 "detached",
                 lambda: self.iam.detach_role_policy(RoleName=self.role_name, PolicyArn=basic),
             )
-        if INLINE_POLICY_NAME in inline:
+        own = {INLINE_POLICY_NAME, WATCH_POLICY_NAME}
+        for name in sorted(own & inline):
             self.apply(
-                f"inline policy {INLINE_POLICY_NAME}",
+                f"inline policy {name}",
                 "deleted",
-                lambda: self.iam.delete_role_policy(
-                    RoleName=self.role_name, PolicyName=INLINE_POLICY_NAME
+                lambda name=name: self.iam.delete_role_policy(
+                    RoleName=self.role_name, PolicyName=name
                 ),
             )
-        others = sorted((attached - {basic}) | (inline - {INLINE_POLICY_NAME}))
+        others = sorted((attached - {basic}) | (inline - own))
         if others:
             self.report.note(f"{what}: kept, it also holds policies deploy.py did not add")
             return
@@ -1883,6 +2123,19 @@ def configuration_differences(current: dict[str, Any], desired: dict[str, Any]) 
     return differences
 
 
+def _notification_key(configuration: dict[str, Any]) -> str:
+    """A notification configuration in a comparable form (S3 may capitalise rule names)."""
+    rules = configuration.get("Filter", {}).get("Key", {}).get("FilterRules", [])
+    return canonical(
+        {
+            "Id": configuration.get("Id"),
+            "LambdaFunctionArn": configuration.get("LambdaFunctionArn"),
+            "Events": sorted(configuration.get("Events", [])),
+            "Rules": sorted((rule["Name"].lower(), rule["Value"]) for rule in rules),
+        }
+    )
+
+
 def statement_matches(statement: dict[str, Any], permission: dict[str, Any]) -> bool:
     """Whether an existing policy statement grants what ``permission`` asks for."""
     if statement.get("Action") != permission["Action"]:
@@ -1891,7 +2144,11 @@ def statement_matches(statement: dict[str, Any], permission: dict[str, Any]) -> 
     principal = permission["Principal"]
     if principal not in text:
         return False
-    expected = [permission.get("SourceArn"), permission.get("FunctionUrlAuthType")]
+    expected = [
+        permission.get("SourceArn"),
+        permission.get("FunctionUrlAuthType"),
+        permission.get("SourceAccount"),
+    ]
     if not all(value in text for value in expected if value):
         return False
     return not permission.get("InvokedViaFunctionUrl") or "InvokedViaFunctionUrl" in text
@@ -1940,7 +2197,7 @@ def run_package_only(options: Options) -> int:
 
 
 def run_deploy(options: Options) -> int:
-    report = Report(7, options.dry_run)
+    report = Report(8, options.dry_run)
     mode = "Dry run: nothing will be changed. " if options.dry_run else ""
     print(
         f"{mode}Deploying {options.function_name} to {options.region} "
@@ -1955,6 +2212,7 @@ def run_deploy(options: Options) -> int:
     deployer = Deployer(options, aws, report)
     report.step("Account")
     report.note(f"account {aws.account} ({aws.identity['Arn']})")
+    deployer.check_watch_bucket()
     report.step("IAM role and policies")
     role_arn = deployer.ensure_role()
     report.step("Function code and configuration")
@@ -1965,6 +2223,8 @@ def run_deploy(options: Options) -> int:
     deploy_api(deployer)
     report.step("Function URL")
     deployer.ensure_function_url()
+    report.step("S3 trigger")
+    deployer.ensure_s3_trigger()
     print_summary(deployer, package)
     return 0
 
@@ -1997,6 +2257,12 @@ def print_summary(deployer: Deployer, package: Package) -> None:
         print(f"  {name + ':':<13} {url}")
     if out.function_url:
         print(f"  Function URL: {out.function_url} ({o.function_url})")
+    if o.watch_bucket:
+        suffixes = ",".join(o.watch_suffixes) or "any suffix"
+        print(
+            f"  S3 trigger:   s3://{o.watch_bucket}/{o.watch_prefix}* ({suffixes}) -> "
+            f"s3://{o.output_bucket or o.watch_bucket}/{o.output_prefix}"
+        )
     print(f"  package:      {package.size_text}")
     target = out.endpoints.get("convert") or out.function_url
     if target:
@@ -2027,7 +2293,7 @@ def run_delete(options: Options) -> int:
         options,
         destructive=True,
     )
-    report = Report(4, options.dry_run)
+    report = Report(5, options.dry_run)
     deployer = Deployer(options, Aws(options), report)
     deployer.delete_all()
     print()

@@ -24,6 +24,7 @@ import base64
 import binascii
 import contextvars
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cache
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 import temp_cleaner
 from errors import (
@@ -52,6 +53,9 @@ from errors import (
 from settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from bulk import Deadline, Outcome, S3Object
     from dicom_converter import RenderOptions, RenderResult
 
 __version__ = "1.0.0"
@@ -880,9 +884,10 @@ def health(request_id: str, settings: Settings) -> Response:
 def convert(
     incoming: Incoming, request_id: str, settings: Settings, context: Any, log: RequestLog
 ) -> Response:
-    request = ConvertRequest.from_fields(
-        _convert_fields(incoming), settings, incoming.header("accept")
-    )
+    fields = _convert_fields(incoming)
+    if "urls" in fields:
+        return convert_batch(fields, incoming.kind, request_id, settings, context, log)
+    request = ConvertRequest.from_fields(fields, settings, incoming.header("accept"))
     import file_downloader
 
     log.fields["url"] = _redacted(file_downloader, request.url)
@@ -932,12 +937,18 @@ def _convert_fields(incoming: Incoming) -> Mapping[str, Any]:
     return json_fields(incoming.body)
 
 
+def _remaining_seconds(context: Any) -> float | None:
+    """Seconds until Lambda stops the invocation; None without a Lambda context."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return None if remaining is None else remaining() / 1000.0
+
+
 def _with_deadline(settings: Settings, context: Any) -> Settings:
     """Shorten the download deadline so it ends before the invocation would be killed."""
-    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    remaining = _remaining_seconds(context)
     if remaining is None:
         return settings
-    budget = remaining() / 1000.0 - RENDER_RESERVE_SECONDS
+    budget = remaining - RENDER_RESERVE_SECONDS
     if budget >= settings.download_deadline_seconds:
         return settings
     return dataclasses.replace(settings, download_deadline_seconds=max(budget, 1.0))
@@ -1080,6 +1091,373 @@ def upload_image(result: RenderResult, request_id: str, settings: Settings, log:
 
 
 # ---------------------------------------------------------------------------
+# Batch: POST /convert with urls (bulk.py runs the work)
+# ---------------------------------------------------------------------------
+
+
+def convert_batch(
+    fields: Mapping[str, Any],
+    kind: str,
+    request_id: str,
+    settings: Settings,
+    context: Any,
+    log: RequestLog,
+) -> Response:
+    """``urls: [...]``: every URL fetched and rendered on its own, BATCH_WORKERS at a time.
+
+    The answer holds one result per URL, in order, each with its own success or
+    error. With OUTPUT_BUCKET the images are stored there and the results hold links.
+    """
+    import bulk
+    import file_downloader
+
+    urls = _urls_field(fields, settings)
+    # The shared options are validated once, with a stand-in URL; each URL on its own.
+    shared = {name: value for name, value in fields.items() if name != "urls"}
+    template = ConvertRequest.from_fields({**shared, "url": "-"}, settings)
+    if template.response == "binary":
+        raise InvalidRequest("a batch answers JSON: response must be 'json' or 'url'")
+    links = settings.output_bucket is not None
+    if links:
+        # Built here, before the workers start: creating boto3 clients is not thread-safe.
+        output_client(settings)
+    deadline = bulk.Deadline.after(_remaining_seconds(context))
+
+    def item(index: int, value: Any) -> dict[str, Any]:
+        request = dataclasses.replace(template, url=_url_field(value))
+        work_id = f"{request_id}-{index + 1}"
+        fetch_settings = deadline.download_settings(settings)
+        result = bulk.render_url(
+            request.url, request.storage_type, request.options, fetch_settings, work_id
+        )
+        link = None
+        if links:
+            stored = upload_image(result, work_id, settings, RequestLog(request_id))
+            link = (stored, settings.url_expiry_seconds)
+        document = success_document(result, request_id, link)
+        return {
+            "index": index,
+            "url": _redacted(file_downloader, request.url),
+            "success": True,
+            "data": document["data"],
+            "metadata": document["metadata"],
+        }
+
+    jobs = [functools.partial(item, index, value) for index, value in enumerate(urls)]
+    items = []
+    for index, (value, result) in enumerate(
+        zip(urls, bulk.run_all(jobs, settings.batch_workers, deadline), strict=True)
+    ):
+        if isinstance(result, dict):
+            items.append(result)
+            continue
+        error = result or bulk.NotReached(
+            "not done before the invocation's deadline; send this URL again"
+        )
+        shown = _redacted(file_downloader, value) if isinstance(value, str) else None
+        items.append(batch_error(index, shown, error, request_id))
+    document = batch_document(fit_batch(items, kind, request_id, settings), request_id)
+    log.fields["batch"] = {k: document["data"][k] for k in ("converted", "failed", "not_reached")}
+    return Response(200, document)
+
+
+def _urls_field(fields: Mapping[str, Any], settings: Settings) -> list[Any]:
+    urls = fields.get("urls")
+    if "url" in fields:
+        raise InvalidRequest("give either url or urls, not both")
+    if not isinstance(urls, list) or not urls:
+        raise InvalidRequest(
+            "urls must be a non-empty JSON array of URL strings, sent in a POST body"
+        )
+    if len(urls) > settings.max_batch_urls:
+        raise InvalidRequest(
+            f"urls holds {len(urls)} URLs; at most {settings.max_batch_urls} are allowed "
+            "per request (MAX_BATCH_URLS)"
+        )
+    return urls
+
+
+def batch_error(index: int, url: str | None, exc: BaseException, request_id: str) -> dict[str, Any]:
+    """One failed item, with the status and code of the one error table."""
+    if not isinstance(exc, ServiceError):
+        logger.error(
+            "unexpected error",
+            exc_info=exc,
+            extra={"fields": {"request_id": request_id, "index": index}},
+        )
+    document = error_response(exc, request_id).document
+    assert document is not None
+    return {
+        "index": index,
+        "url": url,
+        "success": False,
+        "message": document["message"],
+        "error": document["error"],
+    }
+
+
+def batch_document(items: list[dict[str, Any]], request_id: str) -> dict[str, Any]:
+    converted = sum(1 for item in items if item["success"])
+    not_reached = sum(1 for item in items if item.get("error", {}).get("code") == "not_reached")
+    failed = len(items) - converted - not_reached
+    return {
+        "success": converted == len(items),
+        "message": f"{converted} of {len(items)} converted, {failed} failed, "
+        f"{not_reached} not reached",
+        "data": {
+            "results": items,
+            "converted": converted,
+            "failed": failed,
+            "not_reached": not_reached,
+        },
+        "timestamp": timestamp(),
+        "request_id": request_id,
+    }
+
+
+def fit_batch(
+    items: list[dict[str, Any]], kind: str, request_id: str, settings: Settings
+) -> list[dict[str, Any]]:
+    """Keep the answer within MAX_RESPONSE_BYTES.
+
+    Inline images are kept in request order while they fit; each one that does not
+    becomes a 413 for its item, so earlier results keep their images.
+    """
+    budget = settings.max_response_bytes
+
+    def size(candidate: list[dict[str, Any]]) -> int:
+        document = batch_document(candidate, request_id)
+        return result_size(to_result(Response(200, document), kind, request_id))
+
+    if size(items) <= budget:
+        return items
+    placeholders = [_too_large_item(item, budget, request_id) for item in items]
+    spare = budget - size(placeholders)
+    if spare < 0:
+        raise TooLarge(
+            f"the batch answer is above MAX_RESPONSE_BYTES ({budget} bytes) even without "
+            "images; send fewer URLs"
+        )
+    fitted = []
+    for item, placeholder in zip(items, placeholders, strict=True):
+        extra = _encoded_size(item, kind) - _encoded_size(placeholder, kind)
+        keep = extra <= spare
+        fitted.append(item if keep else placeholder)
+        spare -= extra if keep else 0
+    # The counts in the message change a few bytes; drop images from the end if needed.
+    for index in reversed(range(len(fitted))):
+        if size(fitted) <= budget:
+            break
+        fitted[index] = placeholders[index]
+    return fitted
+
+
+def _too_large_item(item: dict[str, Any], budget: int, request_id: str) -> dict[str, Any]:
+    if "image_base64" not in item.get("data", {}):
+        return item
+    error = TooLarge(
+        f"the image ({item['data']['file_size']} bytes) does not fit in this batch's answer "
+        f"under MAX_RESPONSE_BYTES ({budget} bytes); convert this URL alone, ask for a "
+        "smaller width/height, or set OUTPUT_BUCKET so that images are returned as links"
+    )
+    return batch_error(item["index"], item["url"], error, request_id)
+
+
+def _encoded_size(value: Any, kind: str) -> int:
+    """Bytes ``value`` takes in the serialised result: a proxy body is JSON inside JSON."""
+    text = json.dumps(value, separators=(",", ":"))
+    if kind == "direct":
+        return len(text.encode("utf-8"))
+    return len(json.dumps(text).encode("utf-8")) - 2
+
+
+# ---------------------------------------------------------------------------
+# S3 notifications: direct, wrapped in SQS, or through EventBridge (bulk.py)
+# ---------------------------------------------------------------------------
+
+
+class NotificationFailed(Exception):
+    """Raised when an object of an S3 or EventBridge event failed.
+
+    Those sources invoke the function asynchronously: only an error makes Lambda
+    retry the event (and after the retries send it to a failure destination). On a
+    retry, the objects already converted are skipped by their ETag.
+    """
+
+
+def notification_kind(event: Any) -> str | None:
+    """``s3``, ``sqs`` or ``eventbridge`` for an S3 notification in that shape."""
+    if not isinstance(event, Mapping):
+        return None
+    if event.get("source") == "aws.s3" and "detail-type" in event:
+        return "eventbridge"
+    records = event.get("Records")
+    if isinstance(records, list) and records and isinstance(records[0], Mapping):
+        return {"aws:s3": "s3", "aws:sqs": "sqs"}.get(str(records[0].get("eventSource")))
+    return None
+
+
+def s3_notification_objects(records: list[Any]) -> list[S3Object]:
+    """The objects of an S3 event notification, whose keys are URL-encoded ('+' is a space)."""
+    from bulk import S3Object
+
+    objects = []
+    for record in records:
+        s3 = _mapping(_mapping(record).get("s3"))
+        bucket = _mapping(s3.get("bucket")).get("name")
+        found = _mapping(s3.get("object"))
+        key = found.get("key")
+        if not isinstance(bucket, str) or not isinstance(key, str):
+            raise InvalidRequest("an S3 record lacks s3.bucket.name or s3.object.key")
+        event_name = str(_mapping(record).get("eventName", ""))
+        objects.append(
+            S3Object(
+                bucket=bucket,
+                key=unquote_plus(key),
+                etag=_etag(found.get("eTag")),
+                version_id=_text(found.get("versionId")),
+                created=event_name.startswith("ObjectCreated:"),
+            )
+        )
+    return objects
+
+
+def eventbridge_object(event: Mapping[str, Any]) -> S3Object:
+    """The object of an S3 event delivered by EventBridge, whose key is not encoded."""
+    from bulk import S3Object
+
+    detail = _mapping(event.get("detail"))
+    bucket = _mapping(detail.get("bucket")).get("name")
+    found = _mapping(detail.get("object"))
+    key = found.get("key")
+    if not isinstance(bucket, str) or not isinstance(key, str):
+        raise InvalidRequest("an EventBridge S3 event lacks detail.bucket.name or .object.key")
+    return S3Object(
+        bucket=bucket,
+        key=key,
+        etag=_etag(found.get("etag")),
+        version_id=_text(found.get("version-id")),
+        created=event.get("detail-type") == "Object Created",
+    )
+
+
+def sqs_message_objects(body: Any) -> list[S3Object]:
+    """The objects in one SQS message: an S3 notification or an EventBridge event, or
+    either inside an SNS envelope. S3's test message names none."""
+    document = _loads(body) if isinstance(body, str) else _INVALID
+    if isinstance(document, Mapping) and document.get("Type") == "Notification":
+        document = _loads(str(document.get("Message", "")))
+    if isinstance(document, Mapping) and document.get("Event") == "s3:TestEvent":
+        return []
+    kind = notification_kind(document)
+    if kind == "s3":
+        return s3_notification_objects(document["Records"])
+    if kind == "eventbridge":
+        return [eventbridge_object(document)]
+    raise InvalidRequest("the SQS message body is not an S3 event notification")
+
+
+def _etag(value: Any) -> str | None:
+    """An ETag without the quotes HeadObject puts around it (notifications have none)."""
+    return str(value).strip('"') if value else None
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if value else None
+
+
+def handle_notification(
+    kind: str,
+    event: Mapping[str, Any],
+    context: Any,
+    settings: Settings | None,
+    log: RequestLog,
+    started: float,
+) -> dict[str, Any]:
+    """Convert what an S3 notification names; answer in the shape its source expects."""
+    import bulk
+
+    log.fields["event_type"] = kind
+    try:
+        settings = settings or get_settings()
+        set_log_level(settings.log_level)
+        deadline = bulk.Deadline.after(_remaining_seconds(context))
+        client = functools.partial(output_client, settings)
+        if kind == "sqs":
+            result, outcomes = sqs_batch(event["Records"], settings, deadline, client)
+            failed = len(result["batchItemFailures"])
+        else:
+            if kind == "s3":
+                objects = s3_notification_objects(event["Records"])
+            else:
+                objects = [eventbridge_object(event)]
+            outcomes = bulk.convert_objects(objects, settings, deadline, client)
+            result = notification_report(outcomes, log.request_id)
+            failed = sum(1 for outcome in outcomes if outcome.failed)
+    except Exception as exc:
+        log.fields["error"] = exc.message if isinstance(exc, ServiceError) else type(exc).__name__
+        log.emit(500, started)
+        raise
+    log.fields["objects"] = {
+        status: sum(1 for o in outcomes if o.status == status)
+        for status in ("converted", "skipped", "failed")
+    }
+    log.emit(500 if failed else 200, started)
+    if failed and kind != "sqs":
+        raise NotificationFailed(result["message"])
+    return result
+
+
+def sqs_batch(
+    records: list[Any], settings: Settings, deadline: Deadline, client: Callable[[], Any]
+) -> tuple[dict[str, Any], list[Outcome]]:
+    """SQS answers ``batchItemFailures``: only the messages listed are retried."""
+    import bulk
+
+    messages: list[tuple[str, list[S3Object] | None]] = []
+    for record in records:
+        message_id = str(_mapping(record).get("messageId"))
+        try:
+            messages.append((message_id, sqs_message_objects(_mapping(record).get("body"))))
+        except ServiceError as exc:
+            logger.warning(
+                "unreadable SQS message",
+                extra={"fields": {"message_id": message_id, "error": exc.message}},
+            )
+            messages.append((message_id, None))
+    objects = [obj for _, found in messages for obj in found or ()]
+    outcomes = bulk.convert_objects(objects, settings, deadline, client)
+    remaining = iter(outcomes)
+    failures = []
+    for message_id, found in messages:
+        mine = [next(remaining) for _ in found or ()]
+        if found is None or any(outcome.failed for outcome in mine):
+            failures.append({"itemIdentifier": message_id})
+    return {"batchItemFailures": failures}, outcomes
+
+
+def notification_report(outcomes: list[Outcome], request_id: str) -> dict[str, Any]:
+    """The answer to an S3 or EventBridge event: what became of each object."""
+    failed = [o for o in outcomes if o.failed]
+    counts = ", ".join(
+        f"{sum(1 for o in outcomes if o.status == status)} {status}"
+        for status in ("converted", "skipped", "failed")
+    )
+    message = f"{len(outcomes)} object(s): {counts}"
+    if failed:
+        message += "; " + "; ".join(
+            f"s3://{o.object.bucket}/{o.object.key}: {o.reason}: {o.message}" for o in failed
+        )
+    return {
+        "success": not failed,
+        "message": message,
+        "records": [outcome.describe() for outcome in outcomes],
+        "timestamp": timestamp(),
+        "request_id": request_id,
+    }
+
+
+# ---------------------------------------------------------------------------
 # The handler
 # ---------------------------------------------------------------------------
 
@@ -1124,6 +1502,9 @@ def handle(event: Any, context: Any = None, settings: Settings | None = None) ->
     _cold = False
     token = current_request_id.set(request_id)
     try:
+        kind = notification_kind(event)
+        if kind is not None:
+            return handle_notification(kind, event, context, settings, log, started)
         return _handle(event, context, settings, request_id, log, started)
     finally:
         current_request_id.reset(token)

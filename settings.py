@@ -21,12 +21,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from errors import ConfigurationError
+from errors import ConfigurationError, ServiceError
 
 CONFIG_PATH = Path(__file__).resolve().with_name("lambda_config.json")
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 OUTPUT_FORMATS = ("jpg", "jpeg", "png", "webp")
+TRIGGER_FRAMES = ("first", "all")
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 # Lambda's synchronous response payload limit (6 MB, counted in bytes).
 LAMBDA_RESPONSE_LIMIT = 6 * 1024 * 1024
@@ -74,6 +76,19 @@ class Settings:
     max_response_bytes: int = LAMBDA_RESPONSE_LIMIT
     cors_origins: tuple[str, ...] = ("*",)
 
+    # Bulk conversion (bulk): S3 upload triggers and batch requests.
+    # Events from any other bucket than WATCH_BUCKET are skipped; unset, none count.
+    watch_bucket: str | None = None
+    watch_prefix: str = ""
+    watch_suffixes: tuple[str, ...] = ()
+    trigger_frames: str = "first"  # "first" or "all" frames of a multi-frame file
+    trigger_window: str | None = None  # "CENTER,WIDTH[,FUNCTION]"
+    trigger_preset: str | None = None
+    trigger_max_width: int | None = None
+    trigger_max_height: int | None = None
+    max_batch_urls: int = 20
+    batch_workers: int = 4
+
     def __post_init__(self) -> None:
         _validate(self)
 
@@ -86,6 +101,11 @@ def _parse_tuple(value: Any) -> tuple[str, ...]:
 def _parse_optional_str(value: Any) -> str | None:
     text = str(value).strip()
     return text or None
+
+
+def _parse_optional_int(value: Any) -> int | None:
+    text = str(value).strip()
+    return int(text) if text else None
 
 
 def _parse_bool(value: Any) -> bool:
@@ -101,6 +121,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "bool": _parse_bool,
     "tuple[str, ...]": _parse_tuple,
     "str | None": _parse_optional_str,
+    "int | None": _parse_optional_int,
 }
 
 
@@ -152,6 +173,74 @@ def _validate(s: Settings) -> None:
             fail(name, "must be an http:// or https:// URL without query or credentials")
     if s.requests_ca_bundle is not None and not Path(s.requests_ca_bundle).exists():
         fail("requests_ca_bundle", "must name an existing CA bundle file or folder")
+    _validate_bulk(s, fail)
+
+
+def _validate_bulk(s: Settings, fail: Callable[[str, str], None]) -> None:
+    for name in ("max_batch_urls", "batch_workers"):
+        if getattr(s, name) <= 0:
+            fail(name, "must be greater than 0")
+    if s.trigger_frames not in TRIGGER_FRAMES:
+        fail("trigger_frames", f"must be one of {', '.join(TRIGGER_FRAMES)}")
+    for name in ("trigger_max_width", "trigger_max_height"):
+        value = getattr(s, name)
+        if value is not None and not 1 <= value <= 16384:
+            fail(name, "must be between 1 and 16384, or empty for no limit")
+    if s.watch_bucket is not None and not _BUCKET_NAME.match(s.watch_bucket):
+        fail("watch_bucket", "must be an S3 bucket name")
+    if s.trigger_window is not None or s.trigger_preset is not None:
+        _validate_trigger_view(s, fail)
+    if s.watch_bucket is not None and outputs_match_trigger(s):
+        raise ConfigurationError(
+            "the function's outputs would trigger it again: images go to "
+            f"{s.output_bucket or s.watch_bucket!r} under OUTPUT_PREFIX {s.output_prefix!r}, "
+            f"and WATCH_BUCKET {s.watch_bucket!r} with WATCH_PREFIX {s.watch_prefix!r} and "
+            f"WATCH_SUFFIXES {','.join(s.watch_suffixes)!r} would count them. "
+            "Set WATCH_PREFIX to a folder that OUTPUT_PREFIX does not start with (e.g. "
+            "'incoming/'), WATCH_SUFFIXES to the source files' suffixes (e.g. '.dcm'), "
+            "or OUTPUT_BUCKET to another bucket"
+        )
+
+
+def _validate_trigger_view(s: Settings, fail: Callable[[str, str], None]) -> None:
+    """TRIGGER_WINDOW and TRIGGER_PRESET, checked by the converter's own rules."""
+    # Imported here: the converter imports this module, and only bulk setups need it.
+    from dicom_converter import PRESETS, parse_window
+
+    if s.trigger_preset is not None and s.trigger_preset not in PRESETS:
+        fail("trigger_preset", f"must be one of {', '.join(PRESETS)}")
+    if s.trigger_window is not None:
+        if s.trigger_preset is not None:
+            fail("trigger_window", "cannot be combined with TRIGGER_PRESET")
+        try:
+            parse_window(s.trigger_window)
+        except ServiceError as exc:
+            fail("trigger_window", f"must be CENTER,WIDTH[,FUNCTION] ({exc.message})")
+
+
+def output_extension(s: Settings) -> str:
+    """The file extension of the images triggered runs write."""
+    fmt = s.default_output_format.lower()
+    return ".jpg" if fmt == "jpeg" else f".{fmt}"
+
+
+def outputs_match_trigger(s: Settings) -> bool:
+    """Whether images written for triggered runs could themselves count as new uploads.
+
+    An output key is OUTPUT_PREFIX + the source key (which starts with WATCH_PREFIX)
+    with the image extension, in OUTPUT_BUCKET or else the watched bucket itself.
+    """
+    if s.output_bucket is not None and s.output_bucket != s.watch_bucket:
+        return False
+    if not (s.output_prefix + s.watch_prefix).startswith(s.watch_prefix):
+        return False
+    extension = output_extension(s)
+    if not s.watch_suffixes:
+        return True
+    # frame-0001.jpg and name.jpg both end in the extension; a suffix that is part
+    # of it, or ends with it, can match some output key. Case is ignored, to be safe.
+    suffixes = [x.lower() for x in s.watch_suffixes]
+    return any(extension.endswith(x) or x.endswith(extension) for x in suffixes)
 
 
 def _is_host_entry(entry: str) -> bool:

@@ -839,3 +839,152 @@ def test_package_over_50_mb_goes_through_a_bucket_deploy_creates(aws: Aws, tmp_p
 
     run_deploy(aws, "--delete", NAME, REGION, "--yes")
     assert aws.s3.list_buckets()["Buckets"] == []
+
+
+# --------------------------------------------------------------------------- S3 trigger
+
+
+def notification(aws: Aws, bucket: str) -> dict[str, Any]:
+    """The bucket's notification configuration, without empty lists."""
+    found = aws.s3.get_bucket_notification_configuration(Bucket=bucket)
+    return {k: v for k, v in found.items() if k != "ResponseMetadata" and v}
+
+
+def filter_rules(configuration: dict[str, Any]) -> list[tuple[str, str]]:
+    rules = configuration["Filter"]["Key"]["FilterRules"]
+    return sorted((rule["Name"].lower(), rule["Value"]) for rule in rules)
+
+
+def test_watch_bucket_adds_the_notification_permission_and_policy(aws: Aws, make_zip: Any) -> None:
+    for bucket in ("scans-in", "renders"):
+        aws.s3.create_bucket(Bucket=bucket)
+    # Someone else's notification on the watched bucket stays as it is.
+    audit = {
+        "Id": "audit",
+        "QueueArn": f"arn:aws:sqs:{REGION}:123456789012:audit",
+        "Events": ["s3:ObjectRemoved:*"],
+    }
+    aws.s3.put_bucket_notification_configuration(
+        Bucket="scans-in", NotificationConfiguration={"QueueConfigurations": [audit]}
+    )
+    package = str(make_zip())
+    flags = [
+        "--watch-bucket", "scans-in", "--watch-prefix", "incoming/",
+        "--watch-suffixes", ".dcm,.DCM", "--output-bucket", "renders", "--output-prefix", "jpg/",
+    ]  # fmt: skip
+    result = run_deploy(aws, NAME, REGION, "--package", package, *flags, "--yes")
+
+    config = notification(aws, "scans-in")
+    assert config["QueueConfigurations"] == [audit]
+    mine = sorted(config["LambdaFunctionConfigurations"], key=lambda c: c["Id"])
+    alias = f"arn:aws:lambda:{REGION}:123456789012:function:{NAME}:live"
+    assert [(c["Id"], c["LambdaFunctionArn"], c["Events"]) for c in mine] == [
+        (f"{NAME}-dicom-0", alias, ["s3:ObjectCreated:*"]),
+        (f"{NAME}-dicom-1", alias, ["s3:ObjectCreated:*"]),
+    ]
+    assert [filter_rules(c) for c in mine] == [
+        [("prefix", "incoming/"), ("suffix", ".dcm")],
+        [("prefix", "incoming/"), ("suffix", ".DCM")],
+    ]
+
+    # S3 may invoke the alias only for this bucket, in this account.
+    statement = policy_statements(aws)[deploy.SID_S3_TRIGGER]
+    assert statement["Principal"] == {"Service": "s3.amazonaws.com"}
+    assert statement["Action"] == "lambda:InvokeFunction"
+    assert statement["Condition"]["ArnLike"]["AWS:SourceArn"] == "arn:aws:s3:::scans-in"
+    assert statement["Condition"]["StringEquals"]["AWS:SourceAccount"] == "123456789012"
+    assert statement["Resource"].endswith(f"function:{NAME}:live")
+
+    # The role reads the watched prefix and writes only under the output prefix.
+    role = f"{NAME}-role"
+    watch = aws.iam.get_role_policy(RoleName=role, PolicyName=deploy.WATCH_POLICY_NAME)
+    (read,) = watch["PolicyDocument"]["Statement"]
+    assert read["Resource"] == "arn:aws:s3:::scans-in/incoming/*"
+    assert sorted(read["Action"]) == ["s3:GetObject", "s3:GetObjectVersion"]
+    inline = aws.iam.get_role_policy(RoleName=role, PolicyName=deploy.INLINE_POLICY_NAME)
+    (write,) = inline["PolicyDocument"]["Statement"]
+    assert write["Resource"] == "arn:aws:s3:::renders/jpg/*"
+    assert sorted(write["Action"]) == ["s3:GetObject", "s3:PutObject"]
+    variables = aws.lam.get_function_configuration(FunctionName=NAME)["Environment"]["Variables"]
+    assert {k: v for k, v in variables.items() if k.startswith(("WATCH_", "OUTPUT_"))} == {
+        "WATCH_BUCKET": "scans-in",
+        "WATCH_PREFIX": "incoming/",
+        "WATCH_SUFFIXES": ".dcm,.DCM",
+        "OUTPUT_BUCKET": "renders",
+        "OUTPUT_PREFIX": "jpg/",
+    }
+    assert "S3 trigger:   s3://scans-in/incoming/* (.dcm,.DCM) -> s3://renders/jpg/" in (
+        result.stdout
+    )
+
+    # The same flags again: nothing changes and nothing is duplicated.
+    again = run_deploy(aws, NAME, REGION, "--package", package, *flags, "--yes")
+    assert "everything unchanged" in again.stdout
+    assert notification(aws, "scans-in") == config
+    assert sorted(policy_statements(aws)) == sorted([deploy.SID_REST, deploy.SID_S3_TRIGGER])
+
+    # Without --watch-bucket the trigger, its permission and its policy go.
+    result = run_deploy(aws, NAME, REGION, "--package", package, "--yes")
+    assert "notification s3://scans-in -> alias live: removed" in result.stdout
+    assert notification(aws, "scans-in") == {"QueueConfigurations": [audit]}
+    assert list(policy_statements(aws)) == [deploy.SID_REST]
+    assert deploy.WATCH_POLICY_NAME not in aws.iam.list_role_policies(RoleName=role)["PolicyNames"]
+    variables = aws.lam.get_function_configuration(FunctionName=NAME)["Environment"]["Variables"]
+    assert not any(name.startswith("WATCH_") for name in variables)
+
+
+def test_delete_removes_the_notification_it_added(aws: Aws, make_zip: Any) -> None:
+    aws.s3.create_bucket(Bucket="scans-in")
+    thumbnails = {
+        "Id": "thumbnails",
+        "LambdaFunctionArn": f"arn:aws:lambda:{REGION}:123456789012:function:thumbnails",
+        "Events": ["s3:ObjectCreated:*"],
+        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "photos/"}]}},
+    }
+    aws.s3.put_bucket_notification_configuration(
+        Bucket="scans-in", NotificationConfiguration={"LambdaFunctionConfigurations": [thumbnails]}
+    )
+    package = str(make_zip())
+    flags = ["--watch-bucket", "scans-in", "--watch-prefix", "incoming/"]
+    planned = run_deploy(aws, NAME, REGION, "--package", package, *flags, "--dry-run")
+    assert "notification s3://scans-in -> alias live: would be added (incoming/*)" in planned.stdout
+    assert notification(aws, "scans-in") == {"LambdaFunctionConfigurations": [thumbnails]}
+
+    run_deploy(aws, NAME, REGION, "--package", package, *flags, "--yes")
+    # Outputs stay in the watched bucket (converted/), so the role may write there too.
+    watch = aws.iam.get_role_policy(RoleName=f"{NAME}-role", PolicyName=deploy.WATCH_POLICY_NAME)
+    resources = [s["Resource"] for s in watch["PolicyDocument"]["Statement"]]
+    assert resources == ["arn:aws:s3:::scans-in/incoming/*", "arn:aws:s3:::scans-in/converted/*"]
+    assert len(notification(aws, "scans-in")["LambdaFunctionConfigurations"]) == 2
+
+    result = run_deploy(aws, "--delete", NAME, REGION, "--yes")
+    assert "notification s3://scans-in -> alias live: removed" in result.stdout
+    assert notification(aws, "scans-in") == {"LambdaFunctionConfigurations": [thumbnails]}
+    assert aws.iam.list_roles()["Roles"] == []
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--watch-bucket", "scans-in"],  # every key counts, the outputs' too
+        ["--watch-bucket", "scans-in", "--watch-prefix", "conv"],  # "converted/" starts so
+        ["--watch-bucket", "scans-in", "--output-bucket", "scans-in", "--watch-suffixes", ".jpg"],
+    ],
+)
+def test_watch_setups_whose_outputs_would_trigger_again_are_refused(
+    aws: Aws, make_zip: Any, flags: list[str]
+) -> None:
+    aws.s3.create_bucket(Bucket="scans-in")
+    result = run_deploy(aws, NAME, REGION, "--package", str(make_zip()), *flags, "--yes", expect=2)
+    assert "would trigger it again" in result.stderr
+    assert aws.iam.list_roles()["Roles"] == []
+    assert notification(aws, "scans-in") == {}
+
+
+def test_a_missing_watched_bucket_is_refused_before_anything_is_created(
+    aws: Aws, make_zip: Any
+) -> None:
+    flags = ["--watch-bucket", "no-such-bucket", "--watch-prefix", "incoming/"]
+    result = run_deploy(aws, NAME, REGION, "--package", str(make_zip()), *flags, "--yes", expect=1)
+    assert "--watch-bucket no-such-bucket: no such bucket" in result.stderr
+    assert aws.iam.list_roles()["Roles"] == []
