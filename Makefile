@@ -28,3 +28,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache
+
+# Long adversarial run: 50,000 mutated files, and more generated URLs, requests and
+# hostile-server cases (see README, Reliability).
+.PHONY: fuzz
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=50000 ADVERSARIAL_LONG=1 $(BIN)/python -m pytest tests/test_fuzz_files.py tests/test_adversarial_network.py tests/test_adversarial_api.py

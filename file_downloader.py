@@ -32,7 +32,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import partial
@@ -329,6 +329,71 @@ def _with_retries(operation: Callable[[], T], limits: Limits, url: str) -> T:
             time.sleep(delay)
 
 
+class _Watchdog:
+    """Shuts down the sockets of one attempt once the download's deadline has passed.
+
+    Socket timeouts bound each read, not their sum: a server that sends one byte of
+    its status line, headers, TLS handshake or FTP reply just before every timeout
+    would otherwise hold the download far past DOWNLOAD_DEADLINE_SECONDS. A shutdown
+    wakes the blocked read in the downloading thread, which then reports the deadline.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.fired = False
+        self._lock = threading.Lock()
+        # Duplicates of watched sockets: they stay valid when TLS wraps (and detaches)
+        # the original, and their descriptors cannot be reused while we hold them.
+        self._sockets: list[socket.socket] = []
+        self._getters: list[Callable[[], socket.socket | None]] = []
+        self._limits = limits
+        self._timer = threading.Timer(max(limits.remaining(), 0.0), self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+        with self._lock:
+            sockets, self._sockets, self._getters = self._sockets, [], []
+        for sock in sockets:
+            sock.close()
+
+    def watch(self, target: socket.socket | Callable[[], socket.socket | None]) -> None:
+        """Watch a socket, or a getter read when the deadline passes (for sockets that
+        are created inside a library call that may itself stall)."""
+        with self._lock:
+            if isinstance(target, socket.socket):
+                try:
+                    # fromfd, not dup(): a TLS socket cannot be duplicated as such.
+                    self._sockets.append(socket.fromfd(target.fileno(), target.family, target.type))
+                except OSError:
+                    return
+            else:
+                self._getters.append(target)
+            fired = self.fired
+        if fired:
+            self._fire()
+
+    def _expire(self) -> None:
+        # A timer may wake a hair early; the error paths test remaining() <= 0.
+        time.sleep(max(self._limits.remaining(), 0.0))
+        self._fire()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            found = [*self._sockets, *(getter() for getter in self._getters)]
+        for sock in found:
+            if sock is None:
+                continue
+            # The plain socket method: on a TLS socket it cuts the connection without
+            # the TLS close exchange, which a stalled peer would not answer.
+            with suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
 # --------------------------------------------------------------------------- URL parsing
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -377,6 +442,10 @@ def _split(url: str) -> SplitResult:
         )
     if not parts.netloc:
         raise InvalidUrl(f"the URL {_shown(url)} names no host or bucket")
+    if "\\" in parts.netloc:
+        # urllib3 (like WHATWG parsers) ends the host at a backslash, urlsplit does not:
+        # the two would disagree about the port, or the host, the request goes to.
+        raise InvalidUrl("the URL's host part contains a backslash; percent-encode it")
     return parts
 
 
@@ -574,6 +643,9 @@ def parse_object_url(url: str, source: str, settings: Settings) -> ObjectLocatio
 # --------------------------------------------------------------------------- URL policy
 
 _SHARED_NETWORK = ipaddress.ip_network("100.64.0.0/10")
+# IANA: not globally reachable. Older Pythons (before 3.11.10/3.12.4) call most of it
+# global, and 192.0.0.192 is a cloud metadata address (Oracle).
+_IETF_PROTOCOL_NETWORK = ipaddress.ip_network("192.0.0.0/24")
 _NAT64_NETWORK = ipaddress.ip_network("64:ff9b::/96")
 _METADATA_ADDRESSES = {
     ipaddress.ip_address("169.254.169.254"),
@@ -606,7 +678,11 @@ def blocked_reason(address: IPAddress) -> str | None:
         ("an unspecified address", address.is_unspecified),
         ("a loopback address", address.is_loopback),
         ("a link-local address", address.is_link_local),
+        # fec0::/10: deprecated (RFC 3879) but still routed inside some networks, and
+        # not private to the ipaddress module.
+        ("a site-local address", getattr(address, "is_site_local", False)),
         ("a shared (carrier-grade NAT) address", address in _SHARED_NETWORK),
+        ("an IETF protocol assignment address", address in _IETF_PROTOCOL_NETWORK),
         ("a multicast address", address.is_multicast),
         ("a reserved address", address.is_reserved),
         ("a private address", address.is_private),
@@ -828,9 +904,22 @@ class PinnedAddressAdapter(HTTPAdapter):
     while TLS keeps the URL's host name for SNI and certificate verification.
     """
 
-    def __init__(self, address: IPAddress) -> None:
+    def __init__(self, address: IPAddress, watchdog: _Watchdog | None = None) -> None:
         super().__init__(pool_connections=1, pool_maxsize=1, max_retries=0)
         self.address = address
+        self.watchdog = watchdog
+
+    def get_connection_with_tls_context(
+        self,
+        request: requests.PreparedRequest,
+        verify: Any,
+        proxies: Any = None,
+        cert: Any = None,
+    ) -> Any:
+        pool = super().get_connection_with_tls_context(request, verify, proxies, cert)
+        if self.watchdog is not None and not getattr(pool.ConnectionCls, "watchdog", None):
+            pool.ConnectionCls = _watched_connection(pool.ConnectionCls, self.watchdog)
+        return pool
 
     def build_connection_pool_key_attributes(
         self, request: requests.PreparedRequest, verify: Any, cert: Any = None
@@ -846,6 +935,23 @@ class PinnedAddressAdapter(HTTPAdapter):
         return host_params, pool_kwargs
 
 
+def _watched_connection(base: type, watchdog: _Watchdog) -> type:
+    """``base`` (a urllib3 connection class) with its socket handed to ``watchdog``.
+
+    The socket is taken as soon as it is connected, so the deadline also covers the
+    TLS handshake, the status line and the headers.
+    """
+
+    class WatchedConnection(base):  # type: ignore[valid-type, misc]
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()
+            watchdog.watch(sock)
+            return sock
+
+    WatchedConnection.watchdog = watchdog  # type: ignore[attr-defined]
+    return WatchedConnection
+
+
 class _Inflater:
     """Undoes gzip/deflate Content-Encoding piece by piece, so the cap counts decoded bytes."""
 
@@ -856,11 +962,19 @@ class _Inflater:
 
     def decode(self, data: bytes) -> Iterator[bytes]:
         try:
-            while data and not self._inflater.eof:
+            while data:
+                if self._inflater.eof:
+                    # RFC 1952 2.2: a gzip body may be several members in a row; zero
+                    # padding after the last one is tolerated, as gzip(1) does.
+                    data = data.lstrip(b"\0")
+                    if not data:
+                        return
+                    self._inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)
                 piece = self._inflater.decompress(data, CHUNK_BYTES)
                 if piece:
                     yield piece
-                data = self._inflater.unconsumed_tail
+                inflater = self._inflater
+                data = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
         except zlib.error as exc:
             raise UpstreamError(f"the compressed body of {_shown(self._url)} is corrupt") from exc
 
@@ -917,8 +1031,16 @@ class HttpDownloader(Downloader):
 
     def fetch(self, url: str, dest: Path, limits: Limits) -> Path:
         current = url
-        for _hop in range(limits.max_redirects + 1):
-            endpoint = self.policy.check_url(current)
+        for hop in range(limits.max_redirects + 1):
+            try:
+                endpoint = self.policy.check_url(current)
+            except InvalidUrl as exc:
+                if hop == 0:
+                    raise
+                # The server chose this URL, not the caller: a 400 would blame the request.
+                raise UpstreamError(
+                    f"{_shown(url)} redirected to an invalid URL: {exc.message}"
+                ) from None
             attempt = partial(self._attempt, current, endpoint, dest, limits)
             location = _with_retries(attempt, limits, current)
             if location is None:
@@ -929,8 +1051,13 @@ class HttpDownloader(Downloader):
         )
 
     def _next_hop(self, current: str, location: str) -> str:
-        target = urljoin(current, location.strip())
-        scheme = urlsplit(target).scheme.lower()
+        try:
+            target = urljoin(current, location.strip())
+            scheme = urlsplit(target).scheme.lower()
+        except ValueError:
+            raise UpstreamError(
+                f"{_shown(current)} redirects to a Location that cannot be parsed"
+            ) from None
         if scheme not in ("http", "https"):
             raise BlockedByPolicy(
                 f"{_shown(current)} redirects to a {scheme}: URL; only http and https "
@@ -941,9 +1068,9 @@ class HttpDownloader(Downloader):
 
     def _attempt(self, url: str, endpoint: Endpoint, dest: Path, limits: Limits) -> str | None:
         """One request; the redirect target, or None once the body is on disk."""
-        with requests.Session() as session:
+        with requests.Session() as session, _Watchdog(limits) as watchdog:
             session.trust_env = False  # no proxies or netrc: connect to the checked address
-            adapter = PinnedAddressAdapter(endpoint.addresses[0])
+            adapter = PinnedAddressAdapter(endpoint.addresses[0], watchdog)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             response = self._send(session, url, endpoint, limits)
@@ -952,6 +1079,9 @@ class HttpDownloader(Downloader):
                     return response.headers["Location"]
                 _check_status(response, url)
                 _copy_body(response, dest, limits, url)
+                if watchdog.fired:
+                    # The shutdown may have ended a body without a declared length early.
+                    raise limits.deadline_error(url)
                 return None
 
     def _send(
@@ -976,12 +1106,21 @@ class HttpDownloader(Downloader):
             )
         except requests.RequestException as exc:
             raise _requests_error(exc, url, endpoint, limits) from _safe_cause(exc, url)
+        except ValueError:
+            # requests parses a redirect's Location even when it does not follow it.
+            raise UpstreamError(
+                f"{_shown(url)} answered with a header that cannot be parsed "
+                "(e.g. an invalid Location)"
+            ) from None
 
 
 def _requests_error(
     exc: requests.RequestException, url: str, endpoint: Endpoint, limits: Limits
 ) -> Exception:
     where = f"{endpoint.host}:{endpoint.port}"
+    if limits.remaining() <= 0:
+        # The watchdog cut the connection; whatever broke, the deadline is the cause.
+        return limits.deadline_error(url)
     if isinstance(exc, requests.exceptions.SSLError):
         detail = "its certificate could not be verified" if "verif" in str(exc) else "TLS failed"
         return UpstreamError(
@@ -1028,6 +1167,8 @@ def _copy_body(response: requests.Response, dest: Path, limits: Limits, url: str
             except ReadTimeoutError as exc:
                 raise limits.timeout_error(url, "read") from _safe_cause(exc, url)
             except (Urllib3Error, OSError) as exc:
+                if limits.remaining() <= 0:
+                    raise limits.deadline_error(url) from _safe_cause(exc, url)
                 error = UpstreamError(
                     f"the connection for {_shown(url)} broke after {sink.size} bytes"
                 )
@@ -1074,6 +1215,9 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext:
 
 def _ftp_error(exc: BaseException, url: str, limits: Limits) -> Exception:
     reply = str(exc).strip()[:120]
+    if limits.remaining() <= 0 and not isinstance(exc, (ftplib.error_perm, ftplib.error_temp)):
+        # The watchdog cut the connection; whatever broke, the deadline is the cause.
+        return limits.deadline_error(url)
     if isinstance(exc, ftplib.error_perm):
         if reply.startswith("550"):
             return NotFound(f"the FTP server has no file at {_shown(url)} ({reply})")
@@ -1121,20 +1265,31 @@ class FtpDownloader(Downloader):
     ) -> None:
         ftp = ftplib.FTP_TLS(context=_ssl_context(self.settings)) if request.tls else ftplib.FTP()
         try:
-            _ftp_connect(ftp, endpoint, limits, url)
-            _ftp_login(ftp, request, limits, url)
-            self._retrieve(ftp, request, dest, limits, url)
+            with _Watchdog(limits) as watchdog:
+                # ftplib creates the control socket and reads the greeting in one call.
+                watchdog.watch(lambda: ftp.sock)
+                _ftp_connect(ftp, endpoint, limits, url)
+                watchdog.watch(ftp.sock)
+                _ftp_login(ftp, request, limits, url)
+                self._retrieve(ftp, request, dest, limits, url, watchdog)
         except ftplib.all_errors as exc:
             raise _ftp_error(exc, url, limits) from _safe_cause(exc, url)
         finally:
             ftp.close()
 
     def _retrieve(
-        self, ftp: ftplib.FTP, request: _FtpRequest, dest: Path, limits: Limits, url: str
+        self,
+        ftp: ftplib.FTP,
+        request: _FtpRequest,
+        dest: Path,
+        limits: Limits,
+        url: str,
+        watchdog: _Watchdog,
     ) -> None:
         with _Sink(dest, limits, url) as sink:
             sink.expect(_ftp_size(ftp, request.path))
             with closing(ftp.transfercmd(f"RETR {request.path}")) as data_connection:
+                watchdog.watch(data_connection)
                 while True:
                     data_connection.settimeout(limits.read_timeout_now(url))
                     data = data_connection.recv(CHUNK_BYTES)

@@ -15,12 +15,15 @@ import contextlib
 import gzip
 import json
 import logging
+import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -522,3 +525,320 @@ class FtpServer:
     def stop(self) -> None:
         self._stopping.set()
         self._thread.join(timeout=5)
+
+
+# ---------------------------------------------------------------------------- hostile peers
+#
+# Routes and servers that misbehave on purpose, for the adversarial tests. Each one
+# gives up on its own after a bounded time, so a client that stops reading never
+# leaves a thread spinning.
+
+
+def sequence(*routes: Route) -> Route:
+    """The n-th request is answered by ``routes[n]``; the last route answers the rest."""
+    calls = [0]
+    lock = threading.Lock()
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        with lock:
+            index = min(calls[0], len(routes) - 1)
+            calls[0] += 1
+        routes[index](handler)
+
+    return route
+
+
+def endless(piece: bytes, interval: float = 0.0, max_seconds: float = 30.0) -> Route:
+    """A body without length or chunking (it ends when the connection closes) that
+    repeats ``piece`` until the client hangs up."""
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.close_connection = True
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/dicom")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        stop = time.monotonic() + max_seconds
+        while time.monotonic() < stop and _write_quietly(handler, piece):
+            if interval:
+                time.sleep(interval)
+
+    return route
+
+
+def _reset(handler: BaseHTTPRequestHandler) -> None:
+    """Close with a TCP reset (RST) instead of an orderly FIN."""
+    handler.close_connection = True
+    with contextlib.suppress(OSError):
+        handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        handler.connection.close()
+
+
+def reset_after(prefix: bytes, declared: int) -> Route:
+    """Headers and ``prefix`` of a ``declared``-byte body, then a connection reset."""
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(declared))
+        handler.end_headers()
+        _write_quietly(handler, prefix)
+        _reset(handler)
+
+    return route
+
+
+def reset_at_once() -> Route:
+    """Read the request, then reset the connection without answering."""
+    return _reset
+
+
+def silent(seconds: float) -> Route:
+    """Read the request and send nothing for ``seconds``, then hang up."""
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.close_connection = True
+        time.sleep(seconds)
+
+    return route
+
+
+def drip_headers(interval: float, max_seconds: float = 15.0) -> Route:
+    """A status line, then one byte of a header that never ends every ``interval`` s."""
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.close_connection = True
+        if not _write_quietly(handler, b"HTTP/1.1 200 OK\r\nX-Drip: "):
+            return
+        stop = time.monotonic() + max_seconds
+        while time.monotonic() < stop:
+            time.sleep(interval)
+            if not _write_quietly(handler, b"a"):
+                return
+
+    return route
+
+
+def endless_continue(interval: float, max_seconds: float = 15.0) -> Route:
+    """Interim ``100 Continue`` responses, one every ``interval`` s, and never a final one."""
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.close_connection = True
+        stop = time.monotonic() + max_seconds
+        while time.monotonic() < stop:
+            if not _write_quietly(handler, b"HTTP/1.1 100 Continue\r\n\r\n"):
+                return
+            time.sleep(interval)
+
+    return route
+
+
+def compression_bomb(expanded: int, encoding: str = "gzip", members: bool = False) -> Route:
+    """A chunked body of zeros compressed on the fly, inflating to ``expanded`` bytes.
+
+    ``encoding`` is the Content-Encoding (``gzip`` or ``deflate``). With ``members``
+    the body is a series of 16 MiB gzip members (RFC 1952 2.2) instead of one stream.
+    Nothing the size of the expanded body is ever held in memory.
+    """
+    block = bytes(1024 * 1024)
+    member = gzip.compress(bytes(16 * 1024 * 1024)) if members else b""
+
+    def pieces() -> Iterable[bytes]:
+        if members:
+            for _ in range(max(1, expanded // (16 * 1024 * 1024))):
+                yield member
+            return
+        compressor = zlib.compressobj(9, zlib.DEFLATED, 31 if encoding == "gzip" else 15)
+        for _ in range(max(1, expanded // len(block))):
+            data = compressor.compress(block)
+            if data:
+                yield data
+        yield compressor.flush()
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.close_connection = True
+        handler.send_response(200)
+        handler.send_header("Content-Encoding", encoding)
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        for piece in pieces():
+            if not _write_quietly(handler, b"%x\r\n%s\r\n" % (len(piece), piece)):
+                return
+        _write_quietly(handler, b"0\r\n\r\n")
+
+    return route
+
+
+def lying_chunk(size: int, sent: bytes) -> Route:
+    """A chunked body whose first chunk claims ``size`` bytes but carries only ``sent``."""
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.close_connection = True
+        handler.send_response(200)
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        _write_quietly(handler, b"%x\r\n" % size + sent)
+
+    return route
+
+
+S3_REQUEST_ID = "4442587FB7D0A2F9"
+
+
+def s3_error(status: int, code: str, message: str = "The request failed.") -> Route:
+    """An S3 REST error: the XML document S3 (and R2) send with 4xx and 5xx answers."""
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message>"
+        f"<RequestId>{S3_REQUEST_ID}</RequestId><HostId>local-s3-stub</HostId></Error>"
+    ).encode()
+    return respond(
+        status, body, {"Content-Type": "application/xml", "x-amz-request-id": S3_REQUEST_ID}
+    )
+
+
+def s3_object(body: bytes | Path) -> Route:
+    """A successful GetObject answer for ``body``."""
+    data = body.read_bytes() if isinstance(body, Path) else body
+    headers = {
+        "Content-Type": "application/dicom",
+        "ETag": '"0123456789abcdef0123456789abcdef"',
+        "Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT",
+        "x-amz-request-id": S3_REQUEST_ID,
+    }
+    return respond(200, data, headers)
+
+
+class RawTcpServer:
+    """A TCP server on loopback that runs ``behaviour(connection)`` for each client.
+
+    For peers that do not speak HTTP at all, e.g. a TLS handshake that never ends.
+    """
+
+    def __init__(self, behaviour: Callable[[socket.socket], None], host: str = LOOPBACK) -> None:
+        self.host = host
+        self.accepted = 0
+        self._behaviour = behaviour
+        self._socket = socket.create_server((host, 0))
+        self._socket.settimeout(0.1)
+        self.port = self._socket.getsockname()[1]
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                connection, _ = self._socket.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._run, args=(connection,), daemon=True).start()
+
+    def _run(self, connection: socket.socket) -> None:
+        with contextlib.suppress(OSError), connection:
+            self._behaviour(connection)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+        self._socket.close()
+
+
+def tls_handshake_drip(
+    interval: float, max_seconds: float = 15.0
+) -> Callable[[socket.socket], None]:
+    """Answer a TLS ClientHello with the header of a 16 kB handshake record, then one
+    byte of it every ``interval`` seconds."""
+
+    def behaviour(connection: socket.socket) -> None:
+        connection.recv(65536)
+        connection.sendall(b"\x16\x03\x03\x40\x00")
+        stop = time.monotonic() + max_seconds
+        while time.monotonic() < stop:
+            time.sleep(interval)
+            connection.sendall(b"\x00")
+
+    return behaviour
+
+
+FTP_BEHAVIOURS = ("silent", "drip_greeting", "stall_retr", "slow_data", "busy", "no_size")
+
+
+def hostile_ftp(root: Path, behaviour: str, interval: float = 0.2) -> FtpServer:
+    """An ``FtpServer`` (pyftpdlib) whose sessions misbehave in one way:
+
+    * ``silent``: accepts the connection and never sends its greeting;
+    * ``drip_greeting``: sends ``220-`` continuation lines every ``interval`` s, never the last;
+    * ``stall_retr``: answers RETR with 150 and sends no data;
+    * ``slow_data``: sends file data at about 1 kB/s;
+    * ``busy``: answers every connection with 421 (a transient refusal) and hangs up;
+    * ``no_size``: refuses SIZE (it is optional, RFC 3659) and serves files normally.
+
+    ``server.sessions`` counts the connections the server accepted.
+    """
+    from pyftpdlib.handlers import ThrottledDTPHandler
+
+    if behaviour not in FTP_BEHAVIOURS:
+        raise ValueError(f"behaviour must be one of {FTP_BEHAVIOURS}")
+    server = FtpServer(root)
+    sessions = [0]
+    base = server._server.handler
+
+    def count(handler: Any) -> None:
+        sessions[0] += 1
+
+    def silent_greeting(handler: Any) -> None:
+        count(handler)
+
+    def drip_greeting(handler: Any) -> None:
+        count(handler)
+
+        def tick() -> None:
+            if not handler._closed:
+                handler.push("220-please wait\r\n")
+                handler.ioloop.call_later(interval, tick, _errback=handler.handle_error)
+
+        tick()
+
+    def busy(handler: Any) -> None:
+        count(handler)
+        handler.respond("421 Too many connections, try again later.")
+        handler.close_when_done()
+
+    def greet_and_count(handler: Any) -> None:
+        count(handler)
+        base.handle(handler)
+
+    def stall_retr(handler: Any, file: str) -> None:
+        handler.respond("150 File status okay. About to open data connection.")
+
+    def no_size(handler: Any, path: str) -> None:
+        handler.respond("502 Command not implemented.")
+
+    overrides: dict[str, dict[str, Any]] = {
+        "silent": {"handle": silent_greeting},
+        "drip_greeting": {"handle": drip_greeting},
+        "stall_retr": {"handle": greet_and_count, "ftp_RETR": stall_retr},
+        "slow_data": {
+            "handle": greet_and_count,
+            "dtp_handler": type("SlowDTP", (ThrottledDTPHandler,), {"write_limit": 1024}),
+        },
+        "busy": {"handle": busy},
+        "no_size": {"handle": greet_and_count, "ftp_SIZE": no_size},
+    }
+    server._server.handler = type(f"Hostile_{behaviour}", (base,), overrides[behaviour])
+    server.sessions = sessions  # type: ignore[attr-defined]
+    return server
+
+
+def widen_backlog(server: Any, backlog: int = 256) -> Any:
+    """Let a socketserver-based ``server`` queue ``backlog`` pending connections.
+
+    socketserver listens with a backlog of 5; a test that opens dozens of
+    connections at once would otherwise see resets or SYN retries instead of answers.
+    """
+    listener = server._server.socket if isinstance(server, HttpServer) else server.socket
+    listener.listen(backlog)
+    return server
