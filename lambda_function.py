@@ -489,8 +489,12 @@ def _present(fields: Mapping[str, Any], name: str) -> Any:
 
 
 def _choice(fields: Mapping[str, Any], name: str, allowed: Iterable[str]) -> str | None:
-    """A case-insensitive choice, returned as spelled in `allowed`."""
-    value = _present(fields, name)
+    """A case-insensitive choice, returned as spelled in `allowed`.
+
+    Unlike other fields, an empty string is refused rather than read as "not
+    given": the API description lists the choices, and "" is not one of them.
+    """
+    value = fields.get(name)
     if value is None:
         return None
     spelled = {a.lower(): a for a in allowed}

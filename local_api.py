@@ -270,6 +270,9 @@ def parse_result(result: Any, event_format: str) -> tuple[int, list[tuple[str, s
 
 class LocalApiServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default listen backlog of 5 resets connections when a page of
+    # thumbnails or a small load test opens dozens at once.
+    request_queue_size = 128
 
     def __init__(
         self, address: tuple[str, int], event_format: str, handler: Handler, timeout: float

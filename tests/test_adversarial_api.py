@@ -201,20 +201,6 @@ def api(api_settings: Settings) -> Iterator[str]:
     server.server_close()
 
 
-@pytest.fixture(scope="module")
-def wide_api(api_settings: Settings) -> Iterator[str]:
-    """The local API server with room for every concurrent connection in its backlog.
-
-    The concurrency test checks isolation between requests; whether the server as
-    shipped accepts that many connections at once is the next test's question.
-    """
-    server = start_api(functools.partial(lambda_function.handle, settings=api_settings))
-    servers.widen_backlog(server, CONCURRENT * 2)
-    yield server.url
-    server.shutdown()
-    server.server_close()
-
-
 # --------------------------------------------------------------------------- concurrency
 
 
@@ -298,7 +284,7 @@ def check_answer(job: Job, status: int, document: dict[str, Any], headers: dict[
 
 
 def test_concurrent_requests_through_the_local_api(
-    wide_api: str,
+    api: str,
     files: servers.HttpServer,
     good_files: list[GoodFile],
     temp_root: Path,
@@ -316,7 +302,7 @@ def test_concurrent_requests_through_the_local_api(
 
     def run(job: Job) -> tuple[int, dict[str, Any], dict[str, str]]:
         barrier.wait(timeout=30)  # all requests leave together
-        return call(wide_api, job)
+        return call(api, job)
 
     started = time.monotonic()
     try:
@@ -343,12 +329,6 @@ def test_concurrent_requests_through_the_local_api(
 SIMULTANEOUS_CONNECTIONS = 50
 
 
-@pytest.mark.xfail(
-    local_api.LocalApiServer.request_queue_size < SIMULTANEOUS_CONNECTIONS,
-    reason="local_api.LocalApiServer keeps socketserver's listen backlog of 5, so some of "
-    "50 simultaneous connections are reset; set request_queue_size (e.g. 128) on it",
-    strict=True,
-)
 def test_local_api_accepts_50_connections_at_once(api: str) -> None:
     # Each connection must be answered, not reset because the listen backlog is full.
     barrier = threading.Barrier(SIMULTANEOUS_CONNECTIONS)
