@@ -473,7 +473,8 @@ def image_pixel_module(ds: Dataset, settings: Settings) -> ImagePixelModule:
     if not 1 <= bits_stored <= bits_allocated:
         raise CorruptDicom(f"BitsStored {bits_stored} must be from 1 to BitsAllocated")
     if not photometric:
-        photometric = "MONOCHROME2" if samples == 1 else "RGB"
+        # Required (Type 1) in the Image Pixel Module, and the decoders need it.
+        raise CorruptDicom("the image has no PhotometricInterpretation (0028,0004)")
 
     module = ImagePixelModule(
         rows=rows,
