@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+import temp_cleaner
 from tests import servers
 from tests.corpus import bundled_file, corpus_dir, corpus_required
 
@@ -164,3 +165,15 @@ def loopback_env(
     settings.get_settings.cache_clear()
     yield env
     settings.get_settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _sweep_clock() -> None:
+    """Each test starts with the stale sweep due, whatever earlier tests did."""
+    temp_cleaner.reset_sweep_clock()
+
+
+@pytest.fixture
+def temp_root(tmp_path: Path) -> Path:
+    """A work-folder root of the test's own (the handler's TEMP_ROOT)."""
+    return tmp_path / "work"

@@ -106,11 +106,6 @@ def _loopback_only() -> Iterator[None]:
     assert GUARD.violations == [], "traffic tried to leave loopback"
 
 
-@pytest.fixture(autouse=True)
-def _sweep_clock() -> None:
-    temp_cleaner.reset_sweep_clock()
-
-
 # --------------------------------------------------------------------------- servers and files
 
 

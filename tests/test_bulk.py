@@ -27,7 +27,6 @@ from PIL import Image
 import bulk
 import dicom_converter
 import lambda_function
-import temp_cleaner
 from errors import ConfigurationError, NoPixelData, NotDicom, ServiceError
 from settings import Settings, load_settings
 from tests import servers
@@ -36,16 +35,6 @@ from tests.handler_support import LambdaContext, invoke, load_event, with_fields
 
 MakeSettings = Callable[..., Settings]
 SKIPPED = (NotDicom, NoPixelData)
-
-
-@pytest.fixture(autouse=True)
-def _sweep_clock() -> None:
-    temp_cleaner.reset_sweep_clock()
-
-
-@pytest.fixture
-def temp_root(tmp_path: Path) -> Path:
-    return tmp_path / "work"
 
 
 @pytest.fixture

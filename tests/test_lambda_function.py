@@ -28,7 +28,6 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import errors
 import lambda_function
-import temp_cleaner
 from settings import Settings, get_settings, load_settings
 from tests import servers
 from tests.corpus import corpus_file
@@ -47,16 +46,6 @@ PROJECT = Path(__file__).resolve().parents[1]
 HEAVY_MODULES = ("numpy", "pydicom", "PIL", "boto3", "botocore", "requests")
 
 MakeSettings = Callable[..., Settings]
-
-
-@pytest.fixture(autouse=True)
-def _sweep_clock() -> None:
-    temp_cleaner.reset_sweep_clock()
-
-
-@pytest.fixture
-def temp_root(tmp_path: Path) -> Path:
-    return tmp_path / "work"
 
 
 @pytest.fixture
