@@ -34,8 +34,13 @@ def corpus_dir() -> Path:
     return Path(configured) if configured else PROJECT.parent / "shared" / "dicom-corpus"
 
 
+def env_flag(name: str) -> bool:
+    """Whether a switch like DICOM_CORPUS_REQUIRED or ADVERSARIAL_LONG is on."""
+    return os.environ.get(name, "") not in ("", "0", "false")
+
+
 def corpus_required() -> bool:
-    return os.environ.get("DICOM_CORPUS_REQUIRED", "") not in ("", "0", "false")
+    return env_flag("DICOM_CORPUS_REQUIRED")
 
 
 def require_corpus() -> Path:

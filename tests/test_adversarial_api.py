@@ -31,7 +31,6 @@ import functools
 import io
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -69,11 +68,12 @@ import settings as settings_module
 import temp_cleaner
 from settings import Settings, load_settings
 from tests import servers
+from tests.corpus import env_flag
 from tests.dicom_files import write_image
 from tests.handler_support import LambdaContext, load_event, with_fields, with_url
 from tests.loopback_guard import GUARD
 
-LONG = os.environ.get("ADVERSARIAL_LONG", "") not in ("", "0", "false")
+LONG = env_flag("ADVERSARIAL_LONG")
 CONCURRENT = 200 if LONG else 50
 NEGATIVE_EXAMPLES = 300 if LONG else 30
 

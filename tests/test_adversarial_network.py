@@ -27,7 +27,6 @@ import contextlib
 import gzip
 import ipaddress
 import logging
-import os
 import re
 import socket
 import time
@@ -59,10 +58,11 @@ from errors import (
 )
 from settings import Settings, load_settings
 from tests import servers
+from tests.corpus import env_flag
 from tests.dicom_files import write_image
 from tests.loopback_guard import GUARD
 
-LONG = os.environ.get("ADVERSARIAL_LONG", "") not in ("", "0", "false")
+LONG = env_flag("ADVERSARIAL_LONG")
 # Generated cases per property test: (default run, ADVERSARIAL_LONG=1).
 EXAMPLES = 10_000 if LONG else 300
 NETWORK_EXAMPLES = 400 if LONG else 25
