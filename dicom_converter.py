@@ -383,38 +383,31 @@ def _check_deflated_size(path: Path, settings: Settings) -> None:
     """Refuse a deflated dataset that inflates past the pixel budget.
 
     pydicom inflates deflated files in one call, so a small "deflate bomb"
-    would allocate without limit; count the inflated bytes first.
+    would allocate without limit; count the inflated bytes first, inflating at
+    most 1 MiB at a time and keeping none of it.
     """
+    limit = settings.max_pixel_bytes + 16 * 1024 * 1024
     with path.open("rb") as f:
         f.seek(132)
         if _walk_file_meta(f) != DEFLATED:
             return
-    limit = settings.max_pixel_bytes + 16 * 1024 * 1024
-    with path.open("rb") as f:
-        f.seek(132)
-        _walk_file_meta(f)
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         inflated = 0
-        while chunk := f.read(256 * 1024):
-            try:
-                inflated += len(inflater.decompress(chunk, limit + 1 - inflated))
-            except zlib.error as exc:
-                raise CorruptDicom(
-                    f"the deflated dataset is corrupt: {parse_error_text(exc)}"
-                ) from exc
-            if inflated > limit:
-                raise TooLarge(
-                    f"the deflated dataset inflates to more than {limit} bytes "
-                    f"(MAX_PIXEL_BYTES is {settings.max_pixel_bytes})"
-                )
-            # Output held back by max_length must be drained, or it is never counted.
-            while inflater.unconsumed_tail and inflated <= limit:
-                inflated += len(inflater.decompress(inflater.unconsumed_tail, limit + 1 - inflated))
-            if inflated > limit:
-                raise TooLarge(
-                    f"the deflated dataset inflates to more than {limit} bytes "
-                    f"(MAX_PIXEL_BYTES is {settings.max_pixel_bytes})"
-                )
+        while pending := f.read(256 * 1024):
+            while pending:
+                try:
+                    inflated += len(inflater.decompress(pending, 1024 * 1024))
+                except zlib.error as exc:
+                    raise CorruptDicom(
+                        f"the deflated dataset is corrupt: {parse_error_text(exc)}"
+                    ) from exc
+                if inflated > limit:
+                    raise TooLarge(
+                        f"the deflated dataset inflates to more than {limit} bytes "
+                        f"(MAX_PIXEL_BYTES is {settings.max_pixel_bytes})"
+                    )
+                # Input held back by max_length comes back as the unconsumed tail.
+                pending = inflater.unconsumed_tail
 
 
 def _walk_file_meta(f: io.BufferedReader) -> str | None:

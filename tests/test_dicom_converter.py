@@ -411,6 +411,19 @@ def test_header_declaring_a_huge_frame_is_refused_before_allocating(tmp_path: Pa
         render(write_image(tmp_path, RAMP, "b.dcm"), settings=small_budget)
 
 
+def test_deflate_bomb_is_refused_before_inflating(tmp_path: Path) -> None:
+    from pydicom import dcmread
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    path = write_image(tmp_path, np.zeros((4096, 4096), np.uint16))  # 32 MiB of zeros
+    ds = dcmread(path)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path)
+    assert path.stat().st_size < 1024 * 1024
+    with pytest.raises(TooLarge, match="inflates to more than"):
+        render(path, settings=load_settings({"max_pixel_bytes": 1000}))
+
+
 def test_unsupported_transfer_syntax_is_named(tmp_path: Path) -> None:
     path = with_transfer_syntax(
         bundled_file("SC_rgb_jpeg_dcmtk.dcm"), tmp_path / "jxl.dcm", "1.2.840.10008.1.2.4.112"
