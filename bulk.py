@@ -4,18 +4,23 @@ Lambda's own fan-out is what scales this: S3 (directly, through SQS or through
 EventBridge) invokes the function for new objects, as many times in parallel as
 uploads arrive. Within one invocation this module bounds the work:
 
-* ``convert_objects`` takes the objects named by a notification. Each one is
-  filtered (WATCH_BUCKET, WATCH_PREFIX, WATCH_SUFFIXES, never the function's own
-  outputs), skipped when an output with the same source ETag already exists (a
-  redelivered event does no work), downloaded, rendered with the TRIGGER_*
-  options, and written under OUTPUT_PREFIX in OUTPUT_BUCKET or the same bucket.
+* ``convert_objects`` takes the objects named by a notification (``notifications``
+  reads the events). Each one is filtered (WATCH_BUCKET, WATCH_PREFIX,
+  WATCH_SUFFIXES, never the function's own outputs), skipped when an output with
+  the same source ETag already exists (a redelivered event does no work), fetched
+  and rendered with the TRIGGER_* options, and written under OUTPUT_PREFIX in
+  OUTPUT_BUCKET or the same bucket.
+* ``batch_items`` converts the URLs of ``POST /convert`` with ``urls``, and
+  ``fit_batch`` keeps that answer within MAX_RESPONSE_BYTES.
 * ``run_all`` runs jobs on at most BATCH_WORKERS threads and stops waiting at the
-  invocation's deadline; ``lambda_function`` uses it for ``POST /convert`` with
-  ``urls``, and ``render_url`` is one such job's work.
+  invocation's deadline.
+* ``check_settings`` refuses trigger settings that cannot work (a TRIGGER_WINDOW
+  the converter cannot read, outputs that would trigger the function again); the
+  handler runs it once per settings object, before any work.
 
-This module knows neither event shapes nor HTTP: ``lambda_function`` turns events
-into ``S3Object`` values and outcomes into answers. numpy, pydicom and boto3 are
-imported only when an object is actually converted.
+Every conversion goes through ``pipeline.fetch_and_render``. This module knows
+neither event shapes nor HTTP; numpy, pydicom and boto3 are imported only when an
+object is actually converted.
 """
 
 from __future__ import annotations
@@ -29,28 +34,32 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
-from functools import partial
-from pathlib import Path
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
-import temp_cleaner
+import pipeline
+import s3_store
+from convert_api import ConvertRequest, batch_document, error_document, success_document, url_field
 from errors import (
     ConfigurationError,
-    Forbidden,
     NoPixelData,
     NotDicom,
-    NotFound,
+    NotReached,
     ServiceError,
-    UpstreamError,
+    TooLarge,
     UpstreamTimeout,
 )
-from settings import Settings, output_extension
+from pipeline import RenderFrame, Rooms, Source
+from service_log import redact_url
+from settings import Settings
 
 if TYPE_CHECKING:
     from dicom_converter import RenderOptions, RenderResult
 
 logger = logging.getLogger("dicom_lambda.bulk")
+# Unexpected errors of batch items are the handler's, as errors of single requests are.
+handler_logger = logging.getLogger("dicom_lambda")
 
 T = TypeVar("T")
 
@@ -72,11 +81,74 @@ META_SOURCE_ETAG = "source-etag"
 _EXTENSION = re.compile(r"\.[A-Za-z0-9]*[A-Za-z][A-Za-z0-9]*$")
 
 
-class NotReached(ServiceError):
-    """The invocation's deadline came before this item was done."""
+# --------------------------------------------------------------------------- settings
 
-    status = 503
-    code = "not_reached"
+
+@lru_cache(maxsize=32)
+def check_settings(settings: Settings) -> None:
+    """Refuse trigger settings that cannot work; raises ``ConfigurationError``.
+
+    Run once per settings object (a failure is not remembered, so it is raised again).
+    """
+    if settings.trigger_window is not None or settings.trigger_preset is not None:
+        _check_trigger_view(settings)
+    if settings.watch_bucket is not None and outputs_match_trigger(settings):
+        s = settings
+        raise ConfigurationError(
+            "the function's outputs would trigger it again: images go to "
+            f"{s.output_bucket or s.watch_bucket!r} under OUTPUT_PREFIX {s.output_prefix!r}, "
+            f"and WATCH_BUCKET {s.watch_bucket!r} with WATCH_PREFIX {s.watch_prefix!r} and "
+            f"WATCH_SUFFIXES {','.join(s.watch_suffixes)!r} would count them. "
+            "Set WATCH_PREFIX to a folder that OUTPUT_PREFIX does not start with (e.g. "
+            "'incoming/'), WATCH_SUFFIXES to the source files' suffixes (e.g. '.dcm'), "
+            "or OUTPUT_BUCKET to another bucket"
+        )
+
+
+def _check_trigger_view(settings: Settings) -> None:
+    """TRIGGER_WINDOW and TRIGGER_PRESET, checked by the converter's own rules."""
+    # Imported here: only setups with a trigger view pay for the converter's import.
+    from dicom_converter import PRESETS, parse_window
+
+    if settings.trigger_preset is not None and settings.trigger_preset not in PRESETS:
+        raise ConfigurationError(f"setting TRIGGER_PRESET must be one of {', '.join(PRESETS)}")
+    if settings.trigger_window is not None:
+        if settings.trigger_preset is not None:
+            raise ConfigurationError(
+                "setting TRIGGER_WINDOW cannot be combined with TRIGGER_PRESET"
+            )
+        try:
+            parse_window(settings.trigger_window)
+        except ServiceError as exc:
+            raise ConfigurationError(
+                f"setting TRIGGER_WINDOW must be CENTER,WIDTH[,FUNCTION] ({exc.message})"
+            ) from None
+
+
+def output_extension(settings: Settings) -> str:
+    """The file extension of the images triggered runs write."""
+    fmt = settings.default_output_format.lower()
+    return ".jpg" if fmt == "jpeg" else f".{fmt}"
+
+
+def outputs_match_trigger(settings: Settings) -> bool:
+    """Whether images written for triggered runs could themselves count as new uploads.
+
+    An output key is OUTPUT_PREFIX + the source key (which starts with WATCH_PREFIX)
+    with the image extension, in OUTPUT_BUCKET or else the watched bucket itself.
+    """
+    s = settings
+    if s.output_bucket is not None and s.output_bucket != s.watch_bucket:
+        return False
+    if not (s.output_prefix + s.watch_prefix).startswith(s.watch_prefix):
+        return False
+    extension = output_extension(s)
+    if not s.watch_suffixes:
+        return True
+    # frame-0001.jpg and name.jpg both end in the extension; a suffix that is part
+    # of it, or ends with it, can match some output key. Case is ignored, to be safe.
+    suffixes = [x.lower() for x in s.watch_suffixes]
+    return any(extension.endswith(x) or x.endswith(extension) for x in suffixes)
 
 
 # --------------------------------------------------------------------------- time
@@ -98,17 +170,15 @@ class Deadline:
     def remaining(self) -> float:
         return math.inf if self.end is None else self.end - time.monotonic()
 
-    def download_settings(self, settings: Settings) -> Settings:
-        """``settings`` with a download deadline that leaves time to render and answer.
+    def download_seconds(self) -> float | None:
+        """A download deadline that leaves time to render and answer (None: no limit).
 
         Raises ``NotReached`` when too little time is left to start.
         """
         budget = self.remaining() - RENDER_RESERVE_SECONDS
         if budget < MIN_START_SECONDS:
             raise NotReached("not started: too little of the invocation's time was left; try again")
-        if budget >= settings.download_deadline_seconds:
-            return settings
-        return replace(settings, download_deadline_seconds=budget)
+        return None if math.isinf(budget) else budget
 
 
 def run_all(
@@ -144,16 +214,136 @@ def _capture(job: Callable[[], T]) -> T | Exception:
         return exc
 
 
-def render_url(
-    url: str, storage_type: str, options: RenderOptions, settings: Settings, work_id: str
-) -> RenderResult:
-    """Fetch ``url`` into a work folder of its own and render it."""
-    import dicom_converter
-    import file_downloader
+# --------------------------------------------------------------------------- batch requests
 
-    with temp_cleaner.workdir(work_id, settings) as folder:
-        path = file_downloader.fetch(url, folder, storage_type, settings)
-        return dicom_converter.render(path, options, settings)
+
+def batch_items(
+    urls: Sequence[Any],
+    template: ConvertRequest,
+    rooms: Rooms,
+    workers: int,
+    deadline: Deadline,
+    request_id: str,
+) -> list[dict[str, Any]]:
+    """One result per URL, in order, each with its own success or error.
+
+    Every URL is fetched and rendered on its own with ``template``'s options, at most
+    ``workers`` at a time. With OUTPUT_BUCKET the images are stored there and the
+    results hold links.
+    """
+    jobs = [
+        partial(_batch_item, index, value, template, rooms, deadline, request_id)
+        for index, value in enumerate(urls)
+    ]
+    items = []
+    for index, (value, result) in enumerate(
+        zip(urls, run_all(jobs, workers, deadline), strict=True)
+    ):
+        if isinstance(result, dict):
+            items.append(result)
+            continue
+        error = result or NotReached(
+            "not done before the invocation's deadline; send this URL again"
+        )
+        shown = redact_url(value) if isinstance(value, str) else None
+        items.append(batch_error(index, shown, error, request_id))
+    return items
+
+
+def _batch_item(
+    index: int,
+    value: Any,
+    template: ConvertRequest,
+    rooms: Rooms,
+    deadline: Deadline,
+    request_id: str,
+) -> dict[str, Any]:
+    request = replace(template, url=url_field(value))
+    work_id = f"{request_id}-{index + 1}"
+    source = Source(request.url, request.storage_type, deadline.download_seconds())
+    result = pipeline.fetch_and_render(source, request.options, rooms, work_id)
+    link = None
+    if rooms.output.bucket is not None:
+        stored, _ = pipeline.store_image(result, work_id, rooms)
+        link = (stored, rooms.output.expiry_seconds)
+    document = success_document(result, request_id, link)
+    return {
+        "index": index,
+        "url": redact_url(request.url),
+        "success": True,
+        "data": document["data"],
+        "metadata": document["metadata"],
+    }
+
+
+def batch_error(index: int, url: str | None, exc: BaseException, request_id: str) -> dict[str, Any]:
+    """One failed item, with the status and code of the one error table."""
+    if not isinstance(exc, ServiceError):
+        handler_logger.error(
+            "unexpected error",
+            exc_info=exc,
+            extra={"fields": {"request_id": request_id, "index": index}},
+        )
+    document = error_document(exc, request_id)
+    return {
+        "index": index,
+        "url": url,
+        "success": False,
+        "message": document["message"],
+        "error": document["error"],
+    }
+
+
+def fit_batch(
+    items: list[dict[str, Any]],
+    budget: int,
+    measure: Callable[[dict[str, Any]], int],
+    request_id: str,
+) -> list[dict[str, Any]]:
+    """Keep the answer within ``budget`` bytes (MAX_RESPONSE_BYTES).
+
+    ``measure`` gives the bytes a document takes in the invocation's result (the
+    handler knows how the event shape wraps it). Inline images are kept in request
+    order while they fit; each one that does not becomes a 413 for its item, so
+    earlier results keep their images.
+    """
+
+    def size(candidate: list[dict[str, Any]]) -> int:
+        return measure(batch_document(candidate, request_id))
+
+    if size(items) <= budget:
+        return items
+    placeholders = [_too_large_item(item, budget, request_id) for item in items]
+    spare = budget - size(placeholders)
+    if spare < 0:
+        raise TooLarge(
+            f"the batch answer is above MAX_RESPONSE_BYTES ({budget} bytes) even without "
+            "images; send fewer URLs"
+        )
+    fitted = []
+    for item, placeholder in zip(items, placeholders, strict=True):
+        # Measured inside a document of their own: the wrapping costs cancel out.
+        extra = measure({"item": item}) - measure({"item": placeholder})
+        keep = extra <= spare
+        fitted.append(item if keep else placeholder)
+        spare -= extra if keep else 0
+    # The counts in the message change a few bytes; drop images from the end if needed.
+    for index in reversed(range(len(fitted))):
+        if size(fitted) <= budget:
+            break
+        fitted[index] = placeholders[index]
+    return fitted
+
+
+def _too_large_item(item: dict[str, Any], budget: int, request_id: str) -> dict[str, Any]:
+    if "image_base64" not in item.get("data", {}):
+        return item
+    error = TooLarge(
+        f"the image ({item['data']['file_size']} bytes) does not fit in this batch's answer "
+        f"under MAX_RESPONSE_BYTES ({budget} bytes); convert this URL alone, ask for a "
+        "smaller width/height, or set OUTPUT_BUCKET so that images are returned as links"
+    )
+    return batch_error(item["index"], item["url"], error, request_id)
 
 
 # --------------------------------------------------------------------------- S3 triggers
@@ -200,20 +390,13 @@ class Outcome:
 
 
 def convert_objects(
-    objects: Sequence[S3Object],
-    settings: Settings,
-    deadline: Deadline,
-    client: Callable[[], Any],
+    objects: Sequence[S3Object], settings: Settings, deadline: Deadline
 ) -> list[Outcome]:
-    """Convert each object that counts, on at most BATCH_WORKERS threads.
-
-    ``client`` builds the S3 client for reading ETags and writing outputs; it is
-    called once, here, because building boto3 clients is not thread-safe.
-    """
+    """Convert each object that counts, on at most BATCH_WORKERS threads."""
     skips = [skip_reason(o, settings) for o in objects]
     todo = [i for i, skip in enumerate(skips) if skip is None]
-    s3 = client() if todo else None
-    jobs = [partial(convert_object, objects[i], settings, deadline, s3) for i in todo]
+    rooms = pipeline.rooms(settings) if todo else None
+    jobs = [partial(convert_object, objects[i], settings, rooms, deadline) for i in todo]
     results = dict(zip(todo, run_all(jobs, settings.batch_workers, deadline), strict=True))
     outcomes = []
     for index, (obj, skip) in enumerate(zip(objects, skips, strict=True)):
@@ -246,7 +429,7 @@ def skip_reason(obj: S3Object, settings: Settings) -> tuple[str, str] | None:
 def is_own_output(obj: S3Object, settings: Settings) -> bool:
     """Whether the object lies where this function writes its images.
 
-    Settings validation already refuses filters that outputs could match; this is
+    ``check_settings`` already refuses filters that outputs could match; this is
     the second guard, and the outputs (images, never DICOM) the third.
     """
     same_bucket = (settings.output_bucket or obj.bucket) == obj.bucket
@@ -277,26 +460,50 @@ def _log(outcome: Outcome) -> None:
     logger.log(level, outcome.status, extra={"fields": fields})
 
 
-def convert_object(obj: S3Object, settings: Settings, deadline: Deadline, s3: Any) -> Outcome:
+@dataclass(frozen=True)
+class _Target:
+    """Where the images of one source object go, and what they record of it."""
+
+    obj: S3Object
+    etag: str
+    bucket: str
+    base: str
+    all_frames: bool
+    deadline: Deadline
+
+
+def convert_object(
+    obj: S3Object, settings: Settings, rooms: Rooms | None, deadline: Deadline
+) -> Outcome:
     """Convert one object that counts; raises ``ServiceError`` when it cannot."""
-    etag = obj.etag or _source_etag(s3, obj)
+    rooms = rooms or pipeline.rooms(settings)
+    etag = obj.etag or _source_etag(rooms, obj)
     bucket = settings.output_bucket or obj.bucket
-    base = output_base(obj.key, settings)
+    base = output_base(obj.key, settings.output_prefix)
     extension = output_extension(settings)
     candidates = [f"{base}{extension}"]
-    if settings.trigger_frames == "all":
+    all_frames = settings.trigger_frames == "all"
+    if all_frames:
         candidates.append(frame_key(base, 1, extension))
-    done = _existing_output(s3, bucket, candidates, etag)
+    done = _existing_output(rooms, bucket, candidates, etag)
     if done is not None:
         return Outcome(obj, "skipped", "already_converted", f"{done} holds this ETag", (done,))
     # A triggered run reads exactly the object S3 named, whatever ALLOWED_BUCKETS says
     # about callers' URLs; the version pins it when the bucket keeps versions.
-    fetch_settings = replace(deadline.download_settings(settings), allowed_buckets=(obj.bucket,))
-    import file_downloader
-
-    with temp_cleaner.workdir(f"bulk-{uuid.uuid4().hex}", settings) as folder:
-        path = file_downloader.fetch(object_url(obj), folder, "s3", fetch_settings)
-        outputs = _render_and_store(path, obj, etag, bucket, base, settings, deadline, s3)
+    source = Source(
+        object_url(obj),
+        "s3",
+        deadline.download_seconds(),
+        policy=replace(rooms.policy, allowed_buckets=(obj.bucket,)),
+    )
+    target = _Target(obj, etag, bucket, base, all_frames, deadline)
+    outputs = pipeline.fetch_and_render(
+        source,
+        trigger_options(settings),
+        rooms,
+        f"bulk-{uuid.uuid4().hex}",
+        then=partial(_store_outputs, target, rooms),
+    )
     return Outcome(obj, "converted", outputs=outputs)
 
 
@@ -306,11 +513,11 @@ def object_url(obj: S3Object) -> str:
     return f"{url}?versionId={quote(obj.version_id, safe='')}" if obj.version_id else url
 
 
-def output_base(key: str, settings: Settings) -> str:
+def output_base(key: str, prefix: str) -> str:
     """OUTPUT_PREFIX + the source key without its extension (``a/b.dcm`` → ``converted/a/b``)."""
     folder, _, name = key.rpartition("/")
     stem = _EXTENSION.sub("", name) or name
-    return f"{settings.output_prefix}{folder}/{stem}" if folder else settings.output_prefix + stem
+    return f"{prefix}{folder}/{stem}" if folder else prefix + stem
 
 
 def frame_key(base: str, frame: int, extension: str) -> str:
@@ -333,38 +540,28 @@ def trigger_options(settings: Settings) -> RenderOptions:
     )
 
 
-def _render_and_store(
-    path: Path,
-    obj: S3Object,
-    etag: str,
-    bucket: str,
-    base: str,
-    settings: Settings,
-    deadline: Deadline,
-    s3: Any,
+def _store_outputs(
+    target: _Target, rooms: Rooms, first: RenderResult, render_frame: RenderFrame
 ) -> tuple[str, ...]:
-    import dicom_converter
-
-    options = trigger_options(settings)
-    first = dicom_converter.render(path, options, settings)
+    """Write the first image, or every frame of a multi-frame file (TRIGGER_FRAMES=all)."""
     extension = f".{first.format}"
-    if first.frames == 1 or settings.trigger_frames == "first":
-        key = f"{base}{extension}"
-        _put(s3, bucket, key, first, obj, etag)
+    if first.frames == 1 or not target.all_frames:
+        key = f"{target.base}{extension}"
+        _put(rooms, target, key, first)
         return (key,)
     keys = []
     for frame in range(2, first.frames + 1):
-        if deadline.remaining() <= 0:
+        if target.deadline.remaining() <= 0:
             raise UpstreamTimeout(
                 f"the invocation's time ran out after {frame - 1} of {first.frames} frames; "
                 "give the function a longer timeout, or set TRIGGER_FRAMES=first"
             )
-        result = dicom_converter.render(path, replace(options, frame=frame), settings)
-        keys.append(frame_key(base, frame, extension))
-        _put(s3, bucket, keys[-1], result, obj, etag)
+        result = render_frame(frame)
+        keys.append(frame_key(target.base, frame, extension))
+        _put(rooms, target, keys[-1], result)
     # Frame 1 is written last: finding it with this ETag means every frame is there.
-    _put(s3, bucket, frame_key(base, 1, extension), first, obj, etag)
-    return (frame_key(base, 1, extension), *keys)
+    _put(rooms, target, frame_key(target.base, 1, extension), first)
+    return (frame_key(target.base, 1, extension), *keys)
 
 
 def output_metadata(obj: S3Object, etag: str, result: RenderResult) -> dict[str, str]:
@@ -385,78 +582,21 @@ def output_metadata(obj: S3Object, etag: str, result: RenderResult) -> dict[str,
     }
 
 
-# --------------------------------------------------------------------------- S3 calls
+def _put(rooms: Rooms, target: _Target, key: str, result: RenderResult) -> None:
+    metadata = output_metadata(target.obj, target.etag, result)
+    s3_store.put_image(rooms.s3, target.bucket, key, result.image, result.media_type, metadata)
 
 
-def _put(s3: Any, bucket: str, key: str, result: RenderResult, obj: S3Object, etag: str) -> None:
-    _call(
-        lambda: s3.put_object(
-            Bucket=bucket,
-            Key=key,
-            Body=result.image,
-            ContentType=result.media_type,
-            Metadata=output_metadata(obj, etag, result),
-        ),
-        f"writing s3://{bucket}/{key}",
-        output=True,
-    )
-
-
-def _existing_output(s3: Any, bucket: str, keys: list[str], etag: str) -> str | None:
+def _existing_output(rooms: Rooms, bucket: str, keys: list[str], etag: str) -> str | None:
     """The first of ``keys`` that exists and was made from the source with ``etag``."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     for key in keys:
-        try:
-            head = s3.head_object(Bucket=bucket, Key=key)
-        except ClientError as exc:
-            # Without s3:ListBucket, S3 answers 403 rather than 404 for a missing key.
-            if _status(exc) in (403, 404):
-                continue
-            raise _translate(exc, f"checking s3://{bucket}/{key}", output=True) from exc
-        except BotoCoreError as exc:
-            raise UpstreamError(f"S3 could not be reached ({type(exc).__name__})") from exc
-        if head.get("Metadata", {}).get(META_SOURCE_ETAG) == etag:
+        found = s3_store.head(rooms.s3, bucket, key)
+        if found is not None and found.get("Metadata", {}).get(META_SOURCE_ETAG) == etag:
             return key
     return None
 
 
-def _source_etag(s3: Any, obj: S3Object) -> str:
+def _source_etag(rooms: Rooms, obj: S3Object) -> str:
     """The ETag of the source, for events that do not carry it."""
-    params = {"Bucket": obj.bucket, "Key": obj.key}
-    if obj.version_id:
-        params["VersionId"] = obj.version_id
-    head = _call(lambda: s3.head_object(**params), f"reading s3://{obj.bucket}/{obj.key}")
-    return str(head.get("ETag", "")).strip('"')
-
-
-def _call(action: Callable[[], T], what: str, output: bool = False) -> T:
-    """Run one S3 call; its errors become ``ServiceError`` types."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        return action()
-    except ClientError as exc:
-        raise _translate(exc, what, output) from exc
-    except BotoCoreError as exc:
-        reason = type(exc).__name__
-        raise UpstreamError(f"{what} failed: S3 could not be reached ({reason})") from exc
-
-
-def _status(exc: Any) -> int:
-    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-
-
-def _translate(exc: Any, what: str, output: bool) -> ServiceError:
-    code = str(exc.response.get("Error", {}).get("Code", "error"))
-    status = _status(exc)
-    if output and (code in ("NoSuchBucket", "AccessDenied") or status == 403):
-        return ConfigurationError(
-            f"{what} was refused ({code}): the function's role must be allowed to write "
-            "OUTPUT_BUCKET (or the watched bucket) under OUTPUT_PREFIX"
-        )
-    if status == 404:
-        return NotFound(f"{what}: S3 has no such object ({code})")
-    if status == 403:
-        return Forbidden(f"{what} was refused ({code})")
-    return UpstreamError(f"{what} failed ({code}, HTTP {status})")
+    found = s3_store.head_source(rooms.s3, obj.bucket, obj.key, obj.version_id)
+    return str(found.get("ETag", "")).strip('"')

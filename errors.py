@@ -1,8 +1,8 @@
 """The one error hierarchy of the service.
 
 Every failure the caller can fix is a ``ServiceError`` subclass that carries its
-HTTP status and a stable machine-readable code. ``lambda_function`` is the only
-place that turns them into responses; everything else raises them.
+HTTP status and a stable machine-readable code. ``describe`` is the one table from
+an error to its status, code and message; everything else raises them.
 
 Messages are written for the caller: they name the field, tag or limit to change.
 They never carry credentials, signed query strings or patient data, because they
@@ -122,3 +122,45 @@ class ConfigurationError(ServiceError):
 
     status = 500
     code = "configuration_error"
+
+
+class RouteNotFound(NotFound):
+    """No route answers this path (the source's own 404 is ``NotFound``)."""
+
+    code = "route_not_found"
+
+
+class NotReached(ServiceError):
+    """The invocation's deadline came before this item of a batch or event was done."""
+
+    status = 503
+    code = "not_reached"
+
+
+class NotificationFailed(ServiceError):
+    """An object of an S3 or EventBridge event failed.
+
+    Those sources invoke the function asynchronously: only an error raised out of
+    the handler makes Lambda retry the event (and after the retries send it to a
+    failure destination). On a retry, the objects already converted are skipped by
+    their ETag. It is raised to Lambda, never turned into a response.
+    """
+
+    status = 500
+    code = "notification_failed"
+
+
+# What a caller sees of an error that is not a ServiceError: the details are for the
+# operator's log, the request id lets the two be matched.
+GENERIC_MESSAGE = "internal error; quote the request_id when reporting it"
+
+
+def describe(exc: BaseException) -> tuple[int, str, str]:
+    """The one table from error to answer: (HTTP status, stable code, message).
+
+    A ``ServiceError`` answers with its own status, code and message; anything else
+    is a 500 with a generic message.
+    """
+    if isinstance(exc, ServiceError):
+        return exc.status, exc.code, exc.message
+    return 500, "internal_error", GENERIC_MESSAGE

@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -29,6 +28,8 @@ REST_STAGE = "prod"
 REST_RESOURCES = ("/convert", "/health")
 ACCOUNT_ID = "123456789012"
 URL_ID = "localfunctionurlid0000000000000"
+# API Gateway's own limit on an integration, used when lambda_config.json names none.
+DEFAULT_TIMEOUT_SECONDS = 29.0
 # API Gateway refuses request payloads above 10 MB.
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
 
@@ -54,11 +55,13 @@ class LocalContext:
 
 def function_timeout() -> float:
     """The function timeout from lambda_config.json, as Lambda would enforce it."""
+    from errors import ConfigurationError
+    from settings import config_section
+
     try:
-        config = json.loads(Path(__file__).with_name("lambda_config.json").read_text())
-        return float(config["function"]["timeout_seconds"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 29.0
+        return float(config_section("function")["timeout_seconds"])
+    except (ConfigurationError, KeyError, TypeError, ValueError):
+        return DEFAULT_TIMEOUT_SECONDS
 
 
 # ---------------------------------------------------------------------------
@@ -99,17 +102,10 @@ def rest_event(
     """API Gateway REST API, Lambda proxy integration (payload format 1.0)."""
     split = urlsplit(target)
     path = split.path or "/"
-    query = parse_qsl(split.query, keep_blank_values=True)
     resource = path.rstrip("/") if path.rstrip("/") in REST_RESOURCES else "/{proxy+}"
-    multi_headers: dict[str, list[str]] = {}
-    for name, value in headers:
-        multi_headers.setdefault(name, []).append(value)
-    multi_query: dict[str, list[str]] = {}
-    for name, value in query:
-        multi_query.setdefault(name, []).append(value)
+    multi_headers = _multi(headers)
+    multi_query = _multi(parse_qsl(split.query, keep_blank_values=True))
     text, is_b64 = encode_body(body, _header(headers, "content-type"))
-    now = time.time()
-    host = _header(headers, "host") or "localhost"
     return {
         "resource": resource,
         "path": path,
@@ -120,38 +116,55 @@ def rest_event(
         "multiValueQueryStringParameters": multi_query or None,
         "pathParameters": {"proxy": path.lstrip("/")} if resource == "/{proxy+}" else None,
         "stageVariables": None,
-        "requestContext": {
-            "accountId": ACCOUNT_ID,
-            "apiId": "localapi00",
-            "domainName": host,
-            "domainPrefix": host.split(".")[0],
-            "extendedRequestId": uuid.uuid4().hex[:16] + "=",
-            "httpMethod": method,
-            "identity": {
-                "accessKey": None,
-                "accountId": None,
-                "caller": None,
-                "cognitoAuthenticationProvider": None,
-                "cognitoAuthenticationType": None,
-                "cognitoIdentityId": None,
-                "cognitoIdentityPoolId": None,
-                "principalOrgId": None,
-                "sourceIp": source_ip,
-                "user": None,
-                "userAgent": _header(headers, "user-agent"),
-                "userArn": None,
-            },
-            "path": f"/{REST_STAGE}{path}",
-            "protocol": "HTTP/1.1",
-            "requestId": str(uuid.uuid4()),
-            "requestTime": _request_time(now),
-            "requestTimeEpoch": int(now * 1000),
-            "resourceId": "local0",
-            "resourcePath": resource,
-            "stage": REST_STAGE,
-        },
+        "requestContext": _rest_context(method, path, resource, headers, source_ip),
         "body": text,
         "isBase64Encoded": is_b64,
+    }
+
+
+def _multi(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Every value of each name, in order (REST's ``multiValue*`` fields)."""
+    found: dict[str, list[str]] = {}
+    for name, value in pairs:
+        found.setdefault(name, []).append(value)
+    return found
+
+
+def _rest_context(
+    method: str, path: str, resource: str, headers: list[tuple[str, str]], source_ip: str
+) -> dict[str, Any]:
+    now = time.time()
+    host = _header(headers, "host") or "localhost"
+    identity = {
+        "accessKey": None,
+        "accountId": None,
+        "caller": None,
+        "cognitoAuthenticationProvider": None,
+        "cognitoAuthenticationType": None,
+        "cognitoIdentityId": None,
+        "cognitoIdentityPoolId": None,
+        "principalOrgId": None,
+        "sourceIp": source_ip,
+        "user": None,
+        "userAgent": _header(headers, "user-agent"),
+        "userArn": None,
+    }
+    return {
+        "accountId": ACCOUNT_ID,
+        "apiId": "localapi00",
+        "domainName": host,
+        "domainPrefix": host.split(".")[0],
+        "extendedRequestId": uuid.uuid4().hex[:16] + "=",
+        "httpMethod": method,
+        "identity": identity,
+        "path": f"/{REST_STAGE}{path}",
+        "protocol": "HTTP/1.1",
+        "requestId": str(uuid.uuid4()),
+        "requestTime": _request_time(now),
+        "requestTimeEpoch": int(now * 1000),
+        "resourceId": "local0",
+        "resourcePath": resource,
+        "stage": REST_STAGE,
     }
 
 
@@ -166,25 +179,11 @@ def http_event(
     """HTTP API (payload format 2.0), or a Lambda Function URL, which uses the same shape."""
     split = urlsplit(target)
     path = split.path or "/"
-    joined: dict[str, str] = {}
-    cookies: list[str] = []
-    for name, value in headers:
-        lower = name.lower()
-        if lower == "cookie":
-            cookies.extend(c.strip() for c in value.split(";") if c.strip())
-            continue
-        joined[lower] = f"{joined[lower]},{value}" if lower in joined else value
+    joined, cookies = _joined_headers(headers)
     query: dict[str, str] = {}
     for name, value in parse_qsl(split.query, keep_blank_values=True):
         query[name] = f"{query[name]},{value}" if name in query else value
     text, is_b64 = encode_body(body, joined.get("content-type"))
-    now = time.time()
-    if function_url:
-        domain = f"{URL_ID}.lambda-url.us-east-1.on.aws"
-        api_id, prefix = URL_ID, URL_ID
-    else:
-        domain = joined.get("host", "localhost")
-        api_id, prefix = "localapi00", domain.split(".")[0]
     event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": "$default",
@@ -196,7 +195,37 @@ def http_event(
     event["headers"] = joined
     if query:
         event["queryStringParameters"] = query
-    event["requestContext"] = {
+    event["requestContext"] = _http_context(method, path, joined, source_ip, function_url)
+    if text is not None:
+        event["body"] = text
+    event["isBase64Encoded"] = is_b64
+    return event
+
+
+def _joined_headers(headers: list[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
+    """Payload 2.0 headers: lower-case names, repeated values joined by commas; cookies apart."""
+    joined: dict[str, str] = {}
+    cookies: list[str] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "cookie":
+            cookies.extend(c.strip() for c in value.split(";") if c.strip())
+            continue
+        joined[lower] = f"{joined[lower]},{value}" if lower in joined else value
+    return joined, cookies
+
+
+def _http_context(
+    method: str, path: str, headers: dict[str, str], source_ip: str, function_url: bool
+) -> dict[str, Any]:
+    now = time.time()
+    if function_url:
+        domain = f"{URL_ID}.lambda-url.us-east-1.on.aws"
+        api_id, prefix = URL_ID, URL_ID
+    else:
+        domain = headers.get("host", "localhost")
+        api_id, prefix = "localapi00", domain.split(".")[0]
+    return {
         "accountId": "anonymous" if function_url else ACCOUNT_ID,
         "apiId": api_id,
         "domainName": domain,
@@ -206,7 +235,7 @@ def http_event(
             "path": path,
             "protocol": "HTTP/1.1",
             "sourceIp": source_ip,
-            "userAgent": joined.get("user-agent", ""),
+            "userAgent": headers.get("user-agent", ""),
         },
         "requestId": str(uuid.uuid4()),
         "routeKey": "$default",
@@ -214,10 +243,6 @@ def http_event(
         "time": _request_time(now),
         "timeEpoch": int(now * 1000),
     }
-    if text is not None:
-        event["body"] = text
-    event["isBase64Encoded"] = is_b64
-    return event
 
 
 def build_event(

@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from errors import ConfigurationError, ServiceError
+from errors import ConfigurationError
 
 CONFIG_PATH = Path(__file__).resolve().with_name("lambda_config.json")
 
@@ -130,15 +130,16 @@ def _coerce(name: str, type_name: str, value: Any, origin: str) -> Any:
         return None
     try:
         return _PARSERS[type_name](value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError):
+        # The value is left out: a setting may carry a secret or an internal name.
         raise ConfigurationError(
-            f"setting {name.upper()} from {origin} must be of type {type_name}, got {value!r}"
-        ) from exc
+            f"setting {name.upper()} from {origin} must be of type {type_name}"
+        ) from None
 
 
 def _validate(s: Settings) -> None:
     def fail(name: str, rule: str) -> None:
-        raise ConfigurationError(f"setting {name.upper()} {rule}, got {getattr(s, name)!r}")
+        raise ConfigurationError(f"setting {name.upper()} {rule}")
 
     if s.log_level.upper() not in LOG_LEVELS:
         fail("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
@@ -166,7 +167,7 @@ def _validate(s: Settings) -> None:
         fail("temp_root", "must name a folder")
     for entry in s.allowed_hosts:
         if not _is_host_entry(entry):
-            fail("allowed_hosts", f"must list host names, *.suffix, IPs or CIDRs ({entry!r})")
+            fail("allowed_hosts", "must list host names, *.suffix, IPs or CIDRs")
     for name in ("s3_endpoint_url", "r2_endpoint_url"):
         url = getattr(s, name)
         if url is not None and not re.match(r"^https?://[^/?#@\s]+(/[^?#\s]*)?$", url):
@@ -188,59 +189,6 @@ def _validate_bulk(s: Settings, fail: Callable[[str, str], None]) -> None:
             fail(name, "must be between 1 and 16384, or empty for no limit")
     if s.watch_bucket is not None and not _BUCKET_NAME.match(s.watch_bucket):
         fail("watch_bucket", "must be an S3 bucket name")
-    if s.trigger_window is not None or s.trigger_preset is not None:
-        _validate_trigger_view(s, fail)
-    if s.watch_bucket is not None and outputs_match_trigger(s):
-        raise ConfigurationError(
-            "the function's outputs would trigger it again: images go to "
-            f"{s.output_bucket or s.watch_bucket!r} under OUTPUT_PREFIX {s.output_prefix!r}, "
-            f"and WATCH_BUCKET {s.watch_bucket!r} with WATCH_PREFIX {s.watch_prefix!r} and "
-            f"WATCH_SUFFIXES {','.join(s.watch_suffixes)!r} would count them. "
-            "Set WATCH_PREFIX to a folder that OUTPUT_PREFIX does not start with (e.g. "
-            "'incoming/'), WATCH_SUFFIXES to the source files' suffixes (e.g. '.dcm'), "
-            "or OUTPUT_BUCKET to another bucket"
-        )
-
-
-def _validate_trigger_view(s: Settings, fail: Callable[[str, str], None]) -> None:
-    """TRIGGER_WINDOW and TRIGGER_PRESET, checked by the converter's own rules."""
-    # Imported here: the converter imports this module, and only bulk setups need it.
-    from dicom_converter import PRESETS, parse_window
-
-    if s.trigger_preset is not None and s.trigger_preset not in PRESETS:
-        fail("trigger_preset", f"must be one of {', '.join(PRESETS)}")
-    if s.trigger_window is not None:
-        if s.trigger_preset is not None:
-            fail("trigger_window", "cannot be combined with TRIGGER_PRESET")
-        try:
-            parse_window(s.trigger_window)
-        except ServiceError as exc:
-            fail("trigger_window", f"must be CENTER,WIDTH[,FUNCTION] ({exc.message})")
-
-
-def output_extension(s: Settings) -> str:
-    """The file extension of the images triggered runs write."""
-    fmt = s.default_output_format.lower()
-    return ".jpg" if fmt == "jpeg" else f".{fmt}"
-
-
-def outputs_match_trigger(s: Settings) -> bool:
-    """Whether images written for triggered runs could themselves count as new uploads.
-
-    An output key is OUTPUT_PREFIX + the source key (which starts with WATCH_PREFIX)
-    with the image extension, in OUTPUT_BUCKET or else the watched bucket itself.
-    """
-    if s.output_bucket is not None and s.output_bucket != s.watch_bucket:
-        return False
-    if not (s.output_prefix + s.watch_prefix).startswith(s.watch_prefix):
-        return False
-    extension = output_extension(s)
-    if not s.watch_suffixes:
-        return True
-    # frame-0001.jpg and name.jpg both end in the extension; a suffix that is part
-    # of it, or ends with it, can match some output key. Case is ignored, to be safe.
-    suffixes = [x.lower() for x in s.watch_suffixes]
-    return any(extension.endswith(x) or x.endswith(extension) for x in suffixes)
 
 
 def _is_host_entry(entry: str) -> bool:
@@ -252,17 +200,36 @@ def _is_host_entry(entry: str) -> bool:
         return bool(re.match(r"^(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$", entry, re.IGNORECASE))
 
 
-def _config_file_values(path: Path) -> Mapping[str, Any]:
+def read_config_document(path: Path | None = None) -> dict[str, Any]:
+    """``lambda_config.json`` as a JSON object ({} when the file does not exist).
+
+    The one reader of that file: the ``settings`` section feeds ``load_settings``,
+    the ``function`` section feeds deploy.py and local_api.py.
+    """
+    path = path or CONFIG_PATH
     if not path.exists():
         return {}
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ConfigurationError(f"{path.name} is not valid JSON: {exc}") from exc
-    values = document.get("settings", {}) if isinstance(document, dict) else {}
+        # The parser's position is enough to find the fault; its text could quote a value.
+        where = f" (line {exc.lineno}, column {exc.colno})" if hasattr(exc, "lineno") else ""
+        raise ConfigurationError(f"{path.name} is not valid JSON{where}") from None
+    if not isinstance(document, dict):
+        raise ConfigurationError(f"{path.name} must hold a JSON object")
+    return document
+
+
+def config_section(name: str, path: Path | None = None) -> dict[str, Any]:
+    """One section of ``lambda_config.json``; an error names the section, never a value."""
+    values = read_config_document(path).get(name, {})
     if not isinstance(values, dict):
-        raise ConfigurationError(f"{path.name}: 'settings' must be an object")
+        raise ConfigurationError(f"lambda_config.json: {name!r} must be an object")
     return values
+
+
+def _config_file_values(path: Path) -> Mapping[str, Any]:
+    return config_section("settings", path)
 
 
 def load_settings(

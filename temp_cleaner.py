@@ -4,16 +4,19 @@ Lambda keeps an execution environment's ``/tmp`` between invocations, and an
 invocation that times out is killed without running any ``finally``. So two
 mechanisms work together:
 
-* ``workdir(request_id, settings)`` gives each request its own folder and removes
+* ``workdir(request_id, policy)`` gives each request its own folder and removes
   it when the request ends, on success and on every error;
 * a sweep removes entries under the root that are older than
-  ``STALE_AFTER_SECONDS`` (24 h by default). It runs at most once every
-  ``SWEEP_INTERVAL_SECONDS``, and at once whenever free space falls below
-  ``MIN_FREE_TMP_BYTES``. Leftovers of killed invocations are what it is for.
+  ``policy.stale_after_seconds`` (STALE_AFTER_SECONDS, 24 h by default). It runs at
+  most once every ``sweep_interval_seconds``, and at once whenever free space falls
+  below ``min_free_bytes`` (MIN_FREE_TMP_BYTES). Leftovers of killed invocations are
+  what it is for.
 
 When free space stays low after the stale sweep, it also removes entries that
 no request of this process is using: a killed invocation's folder is young but
 will never be used again, and one environment runs one request at a time.
+
+This module receives a ``TempPolicy``; the entry points derive it from the settings.
 """
 
 from __future__ import annotations
@@ -29,8 +32,6 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from settings import Settings
-
 logger = logging.getLogger("dicom_lambda.temp")
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -39,6 +40,16 @@ _lock = threading.Lock()
 _last_sweep: float | None = None
 # Work folders in use by requests of this process; never swept.
 _active: set[Path] = set()
+
+
+@dataclass(frozen=True)
+class TempPolicy:
+    """Where work folders live, and when the sweep runs and what it removes."""
+
+    root: str = "/tmp/dicom-lambda"
+    sweep_interval_seconds: int = 300
+    stale_after_seconds: int = 86_400
+    min_free_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -64,11 +75,11 @@ def free_bytes(path: str | os.PathLike[str]) -> int:
 
 
 @contextmanager
-def workdir(request_id: str, settings: Settings) -> Iterator[Path]:
+def workdir(request_id: str, policy: TempPolicy) -> Iterator[Path]:
     """A private folder for one request, removed when the block ends, however it ends."""
-    root = Path(settings.temp_root)
+    root = Path(policy.root)
     root.mkdir(parents=True, exist_ok=True)
-    maybe_sweep(settings)
+    maybe_sweep(policy)
     path = root / folder_name(request_id)
     # Lambda retries an asynchronous invocation with the same request id; a
     # killed first attempt may have left this folder behind.
@@ -84,36 +95,34 @@ def workdir(request_id: str, settings: Settings) -> Iterator[Path]:
         _remove(path)
 
 
-def maybe_sweep(settings: Settings, now: float | None = None) -> SweepReport | None:
+def maybe_sweep(policy: TempPolicy, now: float | None = None) -> SweepReport | None:
     """Sweep when the interval has passed or free space is low; otherwise do nothing."""
     global _last_sweep
     now = time.time() if now is None else now
-    root = Path(settings.temp_root)
-    low_space = free_bytes(root) < settings.min_free_tmp_bytes
+    root = Path(policy.root)
+    low_space = free_bytes(root) < policy.min_free_bytes
     with _lock:
-        due = _last_sweep is None or now - _last_sweep >= settings.sweep_interval_seconds
+        due = _last_sweep is None or now - _last_sweep >= policy.sweep_interval_seconds
         if not (due or low_space):
             return None
         _last_sweep = now
-    return sweep(settings, now=now, reason="low_space" if low_space else "interval")
+    return sweep(policy, now=now, reason="low_space" if low_space else "interval")
 
 
-def sweep(settings: Settings, now: float | None = None, reason: str = "manual") -> SweepReport:
+def sweep(policy: TempPolicy, now: float | None = None, reason: str = "manual") -> SweepReport:
     """Remove stale entries under the temp root; under low space, every idle entry."""
     now = time.time() if now is None else now
-    root = Path(settings.temp_root)
-    removed, freed = _remove_entries(root, lambda age: age > settings.stale_after_seconds, now)
+    root = Path(policy.root)
+    removed, freed = _remove_entries(root, lambda age: age > policy.stale_after_seconds, now)
     free = free_bytes(root)
-    if free < settings.min_free_tmp_bytes:
+    if free < policy.min_free_bytes:
         more, more_freed = _remove_entries(root, lambda age: True, now)
         removed, freed = removed + more, freed + more_freed
         free = free_bytes(root)
-        if free < settings.min_free_tmp_bytes:
+        if free < policy.min_free_bytes:
             logger.warning(
                 "temp space still low after sweep",
-                extra={
-                    "fields": {"free_bytes": free, "min_free_bytes": settings.min_free_tmp_bytes}
-                },
+                extra={"fields": {"free_bytes": free, "min_free_bytes": policy.min_free_bytes}},
             )
     report = SweepReport(removed=removed, freed_bytes=freed, free_bytes=free, reason=reason)
     if removed:

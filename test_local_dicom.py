@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from dicom_converter import RenderOptions, render
+from dicom_converter import RenderOptions, cli_limits, render
 from errors import ServiceError
 
 TEMP = Path(__file__).resolve().with_name("temp")
@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        result = render(args.path, RenderOptions(output_format=args.format, quality=args.quality))
+        options = RenderOptions(output_format=args.format, quality=args.quality)
+        result = render(args.path, options, cli_limits())
     except ServiceError as exc:
         print(f"error: {args.path}: {exc.message}", file=sys.stderr)
         return 1

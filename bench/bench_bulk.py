@@ -33,6 +33,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 import lambda_function  # noqa: E402
+from errors import NotificationFailed  # noqa: E402
 from settings import Settings, load_settings  # noqa: E402
 from tests import servers  # noqa: E402
 from tests.corpus import bundled_file  # noqa: E402
@@ -92,7 +93,7 @@ def one_by_one(events: list[dict[str, Any]], settings: Settings) -> dict[str, An
             outcome = record["status"]
             if outcome == "skipped":
                 outcome = f"skipped:{record['reason']}"
-        except lambda_function.NotificationFailed:
+        except NotificationFailed:
             outcome = "failed"
         latencies.setdefault(outcome, []).append((time.perf_counter() - begin) * 1000)
     return {"seconds": time.perf_counter() - started, "latencies": latencies}

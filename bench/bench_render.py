@@ -39,8 +39,8 @@ from PIL import Image  # noqa: E402
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array  # noqa: E402
 
 import dicom_converter  # noqa: E402
+import dicom_dataset  # noqa: E402
 from errors import ServiceError  # noqa: E402
-from settings import get_settings  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -74,7 +74,7 @@ def plain_pipeline(path: Path) -> bytes:
 
 def floor_pipeline(path: Path) -> Callable[[], object]:
     # read_dataset gives raw datasets the transfer syntax pixel_array needs.
-    ds = dicom_converter.read_dataset(path, get_settings())
+    ds = dicom_dataset.read_dataset(path, dicom_converter.RenderLimits().max_pixel_bytes)
     frame = pixel_array(ds, index=0)
     eight_bit = np.zeros(frame.shape, dtype=np.uint8)
 

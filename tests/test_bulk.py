@@ -27,7 +27,8 @@ from PIL import Image
 import bulk
 import dicom_converter
 import lambda_function
-from errors import ConfigurationError, NoPixelData, NotDicom, ServiceError
+import pipeline
+from errors import ConfigurationError, NoPixelData, NotDicom, NotificationFailed, ServiceError
 from settings import Settings, load_settings
 from tests import servers
 from tests.corpus import bundled_file, corpus_dir
@@ -133,7 +134,9 @@ def log_lines(output: str) -> list[dict[str, Any]]:
 def expected_outcome(path: Path, settings: Settings) -> str:
     """What the converter itself makes of the file: converted, skipped or failed."""
     try:
-        dicom_converter.render(path, bulk.trigger_options(settings), settings)
+        dicom_converter.render(
+            path, bulk.trigger_options(settings), pipeline.rooms(settings).render
+        )
     except SKIPPED:
         return "skipped"
     except ServiceError:
@@ -161,7 +164,7 @@ def test_upload_events_convert_the_corpus(
         event = s3_event(s3_record(bucket, key, etag))
         if expected == "failed":
             # An error makes Lambda retry the asynchronous event and then dead-letter it.
-            with pytest.raises(lambda_function.NotificationFailed, match=path.name):
+            with pytest.raises(NotificationFailed, match=path.name):
                 handle(event, settings)
             continue
         report = handle(event, settings)
@@ -282,15 +285,38 @@ def test_settings_refuse_outputs_that_would_trigger_the_function_again(
     overrides: dict[str, Any], make_settings: MakeSettings, bucket: str
 ) -> None:
     overrides = {k: bucket if v == "BUCKET" else v for k, v in overrides.items()}
+    settings = make_settings(**overrides)
     with pytest.raises(ConfigurationError, match="would trigger it again"):
-        make_settings(**overrides)
+        bulk.check_settings(settings)
+    # The handler checks before any work: the event fails, and nothing is converted.
+    with pytest.raises(ConfigurationError, match="would trigger it again"):
+        handle(s3_event(s3_record(bucket, "incoming/a.dcm", "0" * 32)), settings)
 
 
 def test_safe_trigger_setups_are_accepted(make_settings: MakeSettings) -> None:
-    make_settings(watch_prefix="incoming/")
-    make_settings(watch_prefix="", watch_suffixes=".dcm,.DCM")
-    make_settings(watch_prefix="", output_bucket="rendered-images")
-    make_settings(watch_prefix="", output_prefix="", watch_suffixes=".dcm")
+    bulk.check_settings(make_settings(watch_prefix="incoming/"))
+    bulk.check_settings(make_settings(watch_prefix="", watch_suffixes=".dcm,.DCM"))
+    bulk.check_settings(make_settings(watch_prefix="", output_bucket="rendered-images"))
+    bulk.check_settings(make_settings(watch_prefix="", output_prefix="", watch_suffixes=".dcm"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"trigger_preset": "sunset"}, "setting TRIGGER_PRESET must be one of"),
+        ({"trigger_window": "40,400", "trigger_preset": "lung"}, "cannot be combined"),
+        ({"trigger_window": "forty"}, "setting TRIGGER_WINDOW must be CENTER,WIDTH"),
+    ],
+)
+def test_settings_refuse_a_trigger_view_the_converter_cannot_use(
+    overrides: dict[str, Any], message: str, make_settings: MakeSettings
+) -> None:
+    settings = make_settings(**overrides)
+    with pytest.raises(ConfigurationError, match=message):
+        bulk.check_settings(settings)
+    # Every route refuses to work with them, as with any invalid setting.
+    answer = invoke(load_event("rest_health"), settings)
+    assert answer.status == 500 and message in answer.document["message"]  # type: ignore[index]
 
 
 def test_events_from_other_buckets_and_other_event_types_are_skipped(

@@ -29,14 +29,15 @@ import boto3
 import pytest
 import requests
 
-import deploy
+from deployment import context, errors, iam, permissions
+from deployment import package as packaging
 
 PROJECT = Path(__file__).resolve().parents[1]
 DEPLOY = PROJECT / "deploy.py"
 REGION = "us-east-1"
 NAME = "dicom-test"
 BASIC_POLICY = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
-HANDLER_MISSING = not (PROJECT / deploy.HANDLER_MODULE).is_file()
+HANDLER_MISSING = not (PROJECT / packaging.HANDLER_MODULE).is_file()
 SKIP_NO_HANDLER = pytest.mark.skipif(
     HANDLER_MISSING, reason="lambda_function.py is not in the project yet; nothing to package"
 )
@@ -190,9 +191,9 @@ def make_zip(tmp_path: Path) -> Any:
             f"MARKER = {marker!r}\n\n\ndef lambda_handler(event, context):\n"
             "    return {'statusCode': 200, 'body': MARKER}\n"
         )
-        shutil.copy(deploy.CONFIG_PATH, source / "lambda_config.json")
+        shutil.copy(packaging.CONFIG_PATH, source / "lambda_config.json")
         dest = tmp_path / f"package-{marker}.zip"
-        deploy.write_zip(source, dest)
+        packaging.write_zip(source, dest)
         return dest
 
     return make
@@ -209,7 +210,7 @@ def package_only(runtime: str, arch: str, output: Path) -> Path:
         check=False,
     )  # fmt: skip
     assert result.returncode == 0, f"--package-only failed:\n{result.stdout}\n{result.stderr}"
-    assert f"package: {deploy.describe_zip(output).size_text}" in result.stdout
+    assert f"package: {packaging.describe_zip(output).size_text}" in result.stdout
     return output
 
 
@@ -248,12 +249,12 @@ BINARY_DISTRIBUTIONS = (
 
 
 @SKIP_NO_HANDLER
-@pytest.mark.parametrize("arch", deploy.ARCHITECTURES)
+@pytest.mark.parametrize("arch", packaging.ARCHITECTURES)
 def test_package_binaries_carry_the_target_platform(
     arch: str, built_package: Callable[[str, str], Path]
 ) -> None:
     path = built_package("python3.12", arch)
-    machine = deploy.PLATFORM_MACHINE[arch]
+    machine = packaging.PLATFORM_MACHINE[arch]
     with zipfile.ZipFile(path) as archive:
         for distribution in BINARY_DISTRIBUTIONS:
             tags = wheel_tags(archive, distribution)
@@ -267,7 +268,7 @@ def test_package_binaries_carry_the_target_platform(
         assert len(shared) > 10
         for name in shared:
             with archive.open(name) as member:
-                assert deploy.elf_machine(member.read(20)) == deploy.ELF_MACHINE[arch], name
+                assert packaging.elf_machine(member.read(20)) == packaging.ELF_MACHINE[arch], name
 
 
 @SKIP_NO_HANDLER
@@ -282,6 +283,8 @@ def test_package_holds_the_function_and_leaves_out_what_lambda_provides(
     for module in ("lambda_function.py", "settings.py", "errors.py", "lambda_config.json"):
         assert module in top
     assert "deploy.py" not in top
+    shipped = {name.removesuffix(".py") for name in top if name.endswith(".py")}
+    assert shipped == set(packaging.RUNTIME_MODULES)  # so no local_api.py, demo.py, ...
     assert "tests" not in top
     for provided in ("boto3", "botocore", "s3transfer"):
         assert provided not in top
@@ -292,10 +295,10 @@ def test_package_holds_the_function_and_leaves_out_what_lambda_provides(
     # pylibjpeg discovers its codecs through entry points, which must survive pruning.
     assert [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     assert names == sorted(names)
-    assert {info.date_time for info in infos} == {deploy.ZIP_EPOCH}
-    package = deploy.describe_zip(path)
-    assert package.unzipped_bytes < deploy.MAX_UNZIPPED_BYTES
-    assert package.zipped_bytes < deploy.DIRECT_UPLOAD_LIMIT
+    assert {info.date_time for info in infos} == {packaging.ZIP_EPOCH}
+    package = packaging.describe_zip(path)
+    assert package.unzipped_bytes < packaging.MAX_UNZIPPED_BYTES
+    assert package.zipped_bytes < packaging.DIRECT_UPLOAD_LIMIT
 
 
 @SKIP_NO_HANDLER
@@ -363,11 +366,11 @@ print(json.dumps({{
 
 
 @SKIP_NO_HANDLER
-@pytest.mark.parametrize("runtime", list(deploy.RUNTIMES))
+@pytest.mark.parametrize("runtime", list(packaging.RUNTIMES))
 def test_package_imports_on_the_runtime_python(
     runtime: str, tmp_path: Path, built_package: Callable[[str, str], Path]
 ) -> None:
-    version = deploy.RUNTIMES[runtime]
+    version = packaging.RUNTIMES[runtime]
     python = find_python(version)
     if python is None:
         pytest.skip(f"no Python {version} interpreter on this machine (PATH or pyenv)")
@@ -406,16 +409,16 @@ def test_package_imports_on_the_runtime_python(
 
 
 def test_oversized_package_is_refused(make_zip: Any) -> None:
-    package = deploy.describe_zip(make_zip())
-    too_big = deploy.Package(
+    package = packaging.describe_zip(make_zip())
+    too_big = packaging.Package(
         path=package.path,
         zipped_bytes=package.zipped_bytes,
-        unzipped_bytes=deploy.MAX_UNZIPPED_BYTES + 1,
+        unzipped_bytes=packaging.MAX_UNZIPPED_BYTES + 1,
         files=package.files,
         sha256_hex=package.sha256_hex,
     )
-    with pytest.raises(deploy.DeployError, match="Lambda allows"):
-        deploy.check_package(too_big, "python3.12", "x86_64")
+    with pytest.raises(errors.DeployError, match="Lambda allows"):
+        packaging.check_package(too_big, "python3.12", "x86_64")
 
 
 def test_zip_for_another_architecture_is_refused(aws: Aws, tmp_path: Path) -> None:
@@ -426,7 +429,7 @@ def test_zip_for_another_architecture_is_refused(aws: Aws, tmp_path: Path) -> No
     header = b"\x7fELF\x02\x01\x01" + b"\x00" * 11 + (183).to_bytes(2, "little")
     (source / "_codec.cpython-312-aarch64-linux-gnu.so").write_bytes(header + b"\x00" * 44)
     zip_path = tmp_path / "arm.zip"
-    deploy.write_zip(source, zip_path)
+    packaging.write_zip(source, zip_path)
     result = run_deploy(aws, NAME, REGION, "--package", str(zip_path), "--yes", expect=1)
     assert "not built for x86_64" in result.stderr
     assert aws.lam.list_functions()["Functions"] == []
@@ -532,7 +535,7 @@ def test_first_deploy_creates_every_resource(aws: Aws, make_zip: Any) -> None:
     assert config["Timeout"] == 29
     assert config["EphemeralStorage"] == {"Size": 2048}
     assert config["Role"] == role["Arn"]
-    assert config["CodeSha256"] == deploy.describe_zip(package).code_sha256
+    assert config["CodeSha256"] == packaging.describe_zip(package).code_sha256
     assert config["Environment"]["Variables"] == {
         "LOG_LEVEL": "WARNING",
         "ALLOWED_HOSTS": "pacs.example.org",
@@ -540,7 +543,7 @@ def test_first_deploy_creates_every_resource(aws: Aws, make_zip: Any) -> None:
         "OUTPUT_BUCKET": "renders",
         "OUTPUT_PREFIX": "converted/",
     }
-    assert aws.lam.list_tags(Resource=config["FunctionArn"])["Tags"] == deploy.TAGS
+    assert aws.lam.list_tags(Resource=config["FunctionArn"])["Tags"] == context.TAGS
 
     # Version 1 behind alias "live".
     assert aws.lam.get_alias(FunctionName=NAME, Name="live")["FunctionVersion"] == "1"
@@ -558,7 +561,7 @@ def test_first_deploy_creates_every_resource(aws: Aws, make_zip: Any) -> None:
     assert aws.apigw.get_stage(restApiId=api["id"], stageName="prod")
 
     # Invoke permission on the alias, scoped to this API in this account.
-    statement = policy_statements(aws)[deploy.SID_REST]
+    statement = policy_statements(aws)[permissions.SID_REST]
     assert statement["Principal"] == {"Service": "apigateway.amazonaws.com"}
     assert statement["Condition"]["ArnLike"]["AWS:SourceArn"] == (
         f"arn:aws:execute-api:{REGION}:123456789012:{api['id']}/*"
@@ -584,7 +587,7 @@ def test_second_deploy_publishes_a_new_version_and_duplicates_nothing(
     assert "function code: updated" in result.stdout
     assert "alias live: moved (1 -> 2)" in result.stdout
     config = aws.lam.get_function_configuration(FunctionName=NAME)
-    assert config["CodeSha256"] == deploy.describe_zip(second).code_sha256
+    assert config["CodeSha256"] == packaging.describe_zip(second).code_sha256
     assert aws.lam.get_alias(FunctionName=NAME, Name="live")["FunctionVersion"] == "2"
     versions = aws.lam.list_versions_by_function(FunctionName=NAME)["Versions"]
     assert sorted(v["Version"] for v in versions) == ["$LATEST", "1", "2"]
@@ -599,7 +602,7 @@ def test_second_deploy_publishes_a_new_version_and_duplicates_nothing(
     assert sorted(rest_routes(aws, api["id"])) == ["GET /convert", "GET /health", "POST /convert"]
     paths = [r["path"] for r in aws.apigw.get_resources(restApiId=api["id"])["items"]]
     assert sorted(paths) == ["/", "/convert", "/health"]
-    assert list(policy_statements(aws)) == [deploy.SID_REST]
+    assert list(policy_statements(aws)) == [permissions.SID_REST]
     assert len(aws.lam.list_versions_by_function(FunctionName=NAME)["Versions"]) == 3
     assert [r["RoleName"] for r in aws.iam.list_roles()["Roles"]] == [f"{NAME}-role"]
 
@@ -632,12 +635,16 @@ def test_http_api_and_public_function_url(aws: Aws, make_zip: Any) -> None:
     url = aws.lam.get_function_url_config(FunctionName=NAME, Qualifier="live")
     assert url["AuthType"] == "NONE"
     statements = policy_statements(aws)
-    assert set(statements) == {deploy.SID_HTTP, deploy.SID_URL_PUBLIC, deploy.SID_URL_INVOKE}
-    assert statements[deploy.SID_URL_PUBLIC]["Action"] == "lambda:InvokeFunctionUrl"
-    assert "NONE" in json.dumps(statements[deploy.SID_URL_PUBLIC])
-    assert statements[deploy.SID_URL_INVOKE]["Action"] == "lambda:InvokeFunction"
-    assert "InvokedViaFunctionUrl" in json.dumps(statements[deploy.SID_URL_INVOKE])
-    assert statements[deploy.SID_HTTP]["Condition"]["ArnLike"]["AWS:SourceArn"] == (
+    assert set(statements) == {
+        permissions.SID_HTTP,
+        permissions.SID_URL_PUBLIC,
+        permissions.SID_URL_INVOKE,
+    }
+    assert statements[permissions.SID_URL_PUBLIC]["Action"] == "lambda:InvokeFunctionUrl"
+    assert "NONE" in json.dumps(statements[permissions.SID_URL_PUBLIC])
+    assert statements[permissions.SID_URL_INVOKE]["Action"] == "lambda:InvokeFunction"
+    assert "InvokedViaFunctionUrl" in json.dumps(statements[permissions.SID_URL_INVOKE])
+    assert statements[permissions.SID_HTTP]["Condition"]["ArnLike"]["AWS:SourceArn"] == (
         f"arn:aws:execute-api:{REGION}:123456789012:{api['ApiId']}/*"
     )
     assert url["FunctionUrl"] in result.stdout
@@ -649,7 +656,7 @@ def test_http_api_and_public_function_url(aws: Aws, make_zip: Any) -> None:
     )
     url = aws.lam.get_function_url_config(FunctionName=NAME, Qualifier="live")
     assert url["AuthType"] == "AWS_IAM"
-    assert set(policy_statements(aws)) == {deploy.SID_HTTP}
+    assert set(policy_statements(aws)) == {permissions.SID_HTTP}
 
 
 def test_no_allowed_buckets_means_no_s3_read(aws: Aws, make_zip: Any) -> None:
@@ -693,7 +700,7 @@ def test_code_bucket_carries_the_code(aws: Aws, make_zip: Any) -> None:
     result = run_deploy(
         aws, NAME, REGION, "--package", str(package), "--code-bucket", "deploy-artifacts", "--yes"
     )
-    digest = deploy.describe_zip(package)
+    digest = packaging.describe_zip(package)
     key = f"deploy-py/{NAME}/{digest.sha256_hex}.zip"
     assert f"s3://deploy-artifacts/{key}: uploaded" in result.stdout
     assert aws.s3.head_object(Bucket="deploy-artifacts", Key=key)["ContentLength"] == (
@@ -766,7 +773,7 @@ def test_dry_run_changes_nothing(aws: Aws, make_zip: Any) -> None:
 def test_delete_removes_what_deploy_created_and_nothing_else(aws: Aws, make_zip: Any) -> None:
     package = str(make_zip())
     # Someone else's resources in the same account.
-    trust = json.dumps(deploy.LAMBDA_TRUST_POLICY)
+    trust = json.dumps(iam.LAMBDA_TRUST_POLICY)
     other_role = aws.iam.create_role(RoleName="someone-elses-role", AssumeRolePolicyDocument=trust)
     aws.lam.create_function(
         FunctionName="someone-elses-function",
@@ -811,7 +818,7 @@ def test_deploy_builds_and_ships_the_real_package(
     result = run_deploy(aws, NAME, REGION, "--output", str(output), "--yes")
     assert "building for python3.12 on manylinux x86_64" in result.stdout
     config = aws.lam.get_function_configuration(FunctionName=NAME)
-    assert config["CodeSha256"] == deploy.describe_zip(output).code_sha256
+    assert config["CodeSha256"] == packaging.describe_zip(output).code_sha256
     assert config["CodeSize"] == output.stat().st_size
 
 
@@ -820,11 +827,11 @@ def test_package_over_50_mb_goes_through_a_bucket_deploy_creates(aws: Aws, tmp_p
     source.mkdir()
     (source / "lambda_function.py").write_text("def lambda_handler(e, c):\n    return 1\n")
     # Random bytes do not compress, so the zip stays above the direct-upload limit.
-    (source / "blob.bin").write_bytes(os.urandom(deploy.DIRECT_UPLOAD_LIMIT + 4096))
+    (source / "blob.bin").write_bytes(os.urandom(packaging.DIRECT_UPLOAD_LIMIT + 4096))
     package = tmp_path / "big.zip"
-    deploy.write_zip(source, package)
-    digest = deploy.describe_zip(package)
-    assert digest.zipped_bytes > deploy.DIRECT_UPLOAD_LIMIT
+    packaging.write_zip(source, package)
+    digest = packaging.describe_zip(package)
+    assert digest.zipped_bytes > packaging.DIRECT_UPLOAD_LIMIT
 
     result = run_deploy(aws, NAME, REGION, "--package", str(package), "--api", "none", "--yes")
     bucket = f"dicom-lambda-code-123456789012-{REGION}"
@@ -888,7 +895,7 @@ def test_watch_bucket_adds_the_notification_permission_and_policy(aws: Aws, make
     ]
 
     # S3 may invoke the alias only for this bucket, in this account.
-    statement = policy_statements(aws)[deploy.SID_S3_TRIGGER]
+    statement = policy_statements(aws)[permissions.SID_S3_TRIGGER]
     assert statement["Principal"] == {"Service": "s3.amazonaws.com"}
     assert statement["Action"] == "lambda:InvokeFunction"
     assert statement["Condition"]["ArnLike"]["AWS:SourceArn"] == "arn:aws:s3:::scans-in"
@@ -897,11 +904,11 @@ def test_watch_bucket_adds_the_notification_permission_and_policy(aws: Aws, make
 
     # The role reads the watched prefix and writes only under the output prefix.
     role = f"{NAME}-role"
-    watch = aws.iam.get_role_policy(RoleName=role, PolicyName=deploy.WATCH_POLICY_NAME)
+    watch = aws.iam.get_role_policy(RoleName=role, PolicyName=iam.WATCH_POLICY_NAME)
     (read,) = watch["PolicyDocument"]["Statement"]
     assert read["Resource"] == "arn:aws:s3:::scans-in/incoming/*"
     assert sorted(read["Action"]) == ["s3:GetObject", "s3:GetObjectVersion"]
-    inline = aws.iam.get_role_policy(RoleName=role, PolicyName=deploy.INLINE_POLICY_NAME)
+    inline = aws.iam.get_role_policy(RoleName=role, PolicyName=iam.INLINE_POLICY_NAME)
     (write,) = inline["PolicyDocument"]["Statement"]
     assert write["Resource"] == "arn:aws:s3:::renders/jpg/*"
     assert sorted(write["Action"]) == ["s3:GetObject", "s3:PutObject"]
@@ -921,14 +928,16 @@ def test_watch_bucket_adds_the_notification_permission_and_policy(aws: Aws, make
     again = run_deploy(aws, NAME, REGION, "--package", package, *flags, "--yes")
     assert "everything unchanged" in again.stdout
     assert notification(aws, "scans-in") == config
-    assert sorted(policy_statements(aws)) == sorted([deploy.SID_REST, deploy.SID_S3_TRIGGER])
+    assert sorted(policy_statements(aws)) == sorted(
+        [permissions.SID_REST, permissions.SID_S3_TRIGGER]
+    )
 
     # Without --watch-bucket the trigger, its permission and its policy go.
     result = run_deploy(aws, NAME, REGION, "--package", package, "--yes")
     assert "notification s3://scans-in -> alias live: removed" in result.stdout
     assert notification(aws, "scans-in") == {"QueueConfigurations": [audit]}
-    assert list(policy_statements(aws)) == [deploy.SID_REST]
-    assert deploy.WATCH_POLICY_NAME not in aws.iam.list_role_policies(RoleName=role)["PolicyNames"]
+    assert list(policy_statements(aws)) == [permissions.SID_REST]
+    assert iam.WATCH_POLICY_NAME not in aws.iam.list_role_policies(RoleName=role)["PolicyNames"]
     variables = aws.lam.get_function_configuration(FunctionName=NAME)["Environment"]["Variables"]
     assert not any(name.startswith("WATCH_") for name in variables)
 
@@ -952,7 +961,7 @@ def test_delete_removes_the_notification_it_added(aws: Aws, make_zip: Any) -> No
 
     run_deploy(aws, NAME, REGION, "--package", package, *flags, "--yes")
     # Outputs stay in the watched bucket (converted/), so the role may write there too.
-    watch = aws.iam.get_role_policy(RoleName=f"{NAME}-role", PolicyName=deploy.WATCH_POLICY_NAME)
+    watch = aws.iam.get_role_policy(RoleName=f"{NAME}-role", PolicyName=iam.WATCH_POLICY_NAME)
     resources = [s["Resource"] for s in watch["PolicyDocument"]["Statement"]]
     assert resources == ["arn:aws:s3:::scans-in/incoming/*", "arn:aws:s3:::scans-in/converted/*"]
     assert len(notification(aws, "scans-in")["LambdaFunctionConfigurations"]) == 2

@@ -21,6 +21,7 @@ from pydicom.sequence import Sequence
 
 from dicom_converter import (
     PRESETS,
+    RenderLimits,
     RenderOptions,
     Window,
     render,
@@ -34,7 +35,6 @@ from errors import (
     TooLarge,
     UnsupportedTransferSyntax,
 )
-from settings import load_settings
 from tests.corpus import bundled_file, corpus_file
 from tests.dicom_files import with_transfer_syntax, write_image
 
@@ -406,9 +406,9 @@ def test_header_declaring_a_huge_frame_is_refused_before_allocating(tmp_path: Pa
     ds.save_as(path)
     with pytest.raises(TooLarge, match="MAX_PIXEL_BYTES"):
         render(path)
-    small_budget = load_settings({"max_pixel_bytes": 100})
+    small_budget = RenderLimits(max_pixel_bytes=100)
     with pytest.raises(TooLarge):
-        render(write_image(tmp_path, RAMP, "b.dcm"), settings=small_budget)
+        render(write_image(tmp_path, RAMP, "b.dcm"), limits=small_budget)
 
 
 def test_deflate_bomb_is_refused_before_inflating(tmp_path: Path) -> None:
@@ -421,7 +421,7 @@ def test_deflate_bomb_is_refused_before_inflating(tmp_path: Path) -> None:
     ds.save_as(path)
     assert path.stat().st_size < 1024 * 1024
     with pytest.raises(TooLarge, match="inflates to more than"):
-        render(path, settings=load_settings({"max_pixel_bytes": 1000}))
+        render(path, limits=RenderLimits(max_pixel_bytes=1000))
 
 
 def test_unsupported_transfer_syntax_is_named(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 import temp_cleaner
-from settings import Settings, load_settings
 
 DAY = 86_400
 
@@ -22,8 +21,8 @@ def _fresh_clock():
     temp_cleaner.reset_sweep_clock()
 
 
-def settings_for(root: Path, **overrides: object) -> Settings:
-    return load_settings({"temp_root": str(root), **overrides})
+def policy_for(root: Path, **overrides: int) -> temp_cleaner.TempPolicy:
+    return temp_cleaner.TempPolicy(root=str(root), **overrides)
 
 
 def age(path: Path, seconds: float) -> None:
@@ -43,8 +42,8 @@ def make_entry(root: Path, name: str, seconds_old: float, folder: bool = True) -
 
 
 def test_workdir_is_named_by_request_id_and_removed_after_success(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path / "root")
-    with temp_cleaner.workdir("req-123", settings) as folder:
+    policy = policy_for(tmp_path / "root")
+    with temp_cleaner.workdir("req-123", policy) as folder:
         assert folder == tmp_path / "root" / "req-123"
         (folder / "file.dcm").write_bytes(b"data")
         (folder / "nested").mkdir()
@@ -53,8 +52,8 @@ def test_workdir_is_named_by_request_id_and_removed_after_success(tmp_path: Path
 
 
 def test_workdir_is_removed_when_the_block_raises(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path)
-    with pytest.raises(RuntimeError), temp_cleaner.workdir("req-err", settings) as folder:
+    policy = policy_for(tmp_path)
+    with pytest.raises(RuntimeError), temp_cleaner.workdir("req-err", policy) as folder:
         (folder / "partial").write_bytes(b"half")
         raise RuntimeError("render failed")
     assert list(tmp_path.iterdir()) == []
@@ -63,15 +62,15 @@ def test_workdir_is_removed_when_the_block_raises(tmp_path: Path) -> None:
 def test_workdir_replaces_a_leftover_of_the_same_request_id(tmp_path: Path) -> None:
     # Lambda retries asynchronous invocations with the same request id.
     leftover = make_entry(tmp_path, "retry-1", seconds_old=10)
-    with temp_cleaner.workdir("retry-1", settings_for(tmp_path)) as folder:
+    with temp_cleaner.workdir("retry-1", policy_for(tmp_path)) as folder:
         assert folder == leftover
         assert list(folder.iterdir()) == []
     assert not leftover.exists()
 
 
 def test_request_ids_become_safe_folder_names(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path)
-    with temp_cleaner.workdir("../../etc/passwd", settings) as folder:
+    policy = policy_for(tmp_path)
+    with temp_cleaner.workdir("../../etc/passwd", policy) as folder:
         assert folder.parent == tmp_path
         assert folder.name == "etc-passwd"
     assert temp_cleaner.folder_name("...") == "request"
@@ -84,7 +83,7 @@ def test_sweep_removes_stale_entries_and_keeps_fresh_ones(tmp_path: Path) -> Non
     fresh_dir = make_entry(tmp_path, "recent", seconds_old=DAY - 60)
     fresh_file = make_entry(tmp_path, "recent.dcm", seconds_old=5, folder=False)
 
-    report = temp_cleaner.sweep(settings_for(tmp_path))
+    report = temp_cleaner.sweep(policy_for(tmp_path))
 
     assert report.removed == 2
     assert report.freed_bytes == 2000
@@ -95,19 +94,19 @@ def test_sweep_removes_stale_entries_and_keeps_fresh_ones(tmp_path: Path) -> Non
 def test_stale_age_is_configurable(tmp_path: Path) -> None:
     old = make_entry(tmp_path, "ten-minutes", seconds_old=600)
     young = make_entry(tmp_path, "one-minute", seconds_old=60)
-    temp_cleaner.sweep(settings_for(tmp_path, stale_after_seconds=300))
+    temp_cleaner.sweep(policy_for(tmp_path, stale_after_seconds=300))
     assert not old.exists()
     assert young.exists()
 
 
 def test_sweep_runs_at_most_once_per_interval(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, sweep_interval_seconds=300)
+    policy = policy_for(tmp_path, sweep_interval_seconds=300)
     now = time.time()
-    assert temp_cleaner.maybe_sweep(settings, now=now) is not None
+    assert temp_cleaner.maybe_sweep(policy, now=now) is not None
     stale = make_entry(tmp_path, "stale", seconds_old=2 * DAY)
-    assert temp_cleaner.maybe_sweep(settings, now=now + 299) is None
+    assert temp_cleaner.maybe_sweep(policy, now=now + 299) is None
     assert stale.exists()
-    report = temp_cleaner.maybe_sweep(settings, now=now + 301)
+    report = temp_cleaner.maybe_sweep(policy, now=now + 301)
     assert report is not None and report.reason == "interval" and report.removed == 1
     assert not stale.exists()
 
@@ -115,7 +114,7 @@ def test_sweep_runs_at_most_once_per_interval(tmp_path: Path) -> None:
 def test_workdir_sweeps_stale_leftovers_on_entry(tmp_path: Path) -> None:
     stale = make_entry(tmp_path, "old-request", seconds_old=3 * DAY)
     fresh = make_entry(tmp_path, "other-request", seconds_old=30)
-    with temp_cleaner.workdir("new-request", settings_for(tmp_path)):
+    with temp_cleaner.workdir("new-request", policy_for(tmp_path)):
         assert not stale.exists()
         assert fresh.exists()
 
@@ -123,12 +122,12 @@ def test_workdir_sweeps_stale_leftovers_on_entry(tmp_path: Path) -> None:
 def test_low_free_space_sweeps_at_once_and_removes_idle_entries(tmp_path: Path) -> None:
     # A threshold above the disk's free space makes every check "low".
     huge = temp_cleaner.free_bytes(tmp_path) * 4 + 1
-    settings = settings_for(tmp_path, min_free_tmp_bytes=huge, sweep_interval_seconds=3600)
+    policy = policy_for(tmp_path, min_free_bytes=huge, sweep_interval_seconds=3600)
     now = time.time()
-    temp_cleaner.maybe_sweep(settings_for(tmp_path), now=now)  # the interval clock starts
+    temp_cleaner.maybe_sweep(policy_for(tmp_path), now=now)  # the interval clock starts
     young_leftover = make_entry(tmp_path, "killed-a-minute-ago", seconds_old=60)
 
-    report = temp_cleaner.maybe_sweep(settings, now=now + 1)
+    report = temp_cleaner.maybe_sweep(policy, now=now + 1)
 
     assert report is not None and report.reason == "low_space"
     assert not young_leftover.exists()
@@ -136,13 +135,13 @@ def test_low_free_space_sweeps_at_once_and_removes_idle_entries(tmp_path: Path) 
 
 def test_low_space_sweep_never_removes_a_folder_in_use(tmp_path: Path) -> None:
     huge = temp_cleaner.free_bytes(tmp_path) * 4 + 1
-    settings = settings_for(tmp_path, min_free_tmp_bytes=huge)
+    policy = policy_for(tmp_path, min_free_bytes=huge)
     inside = threading.Event()
     release = threading.Event()
     seen: list[Path] = []
 
     def request() -> None:
-        with temp_cleaner.workdir("busy", settings_for(tmp_path)) as folder:
+        with temp_cleaner.workdir("busy", policy_for(tmp_path)) as folder:
             (folder / "download.dcm").write_bytes(b"x")
             seen.append(folder)
             inside.set()
@@ -152,7 +151,7 @@ def test_low_space_sweep_never_removes_a_folder_in_use(tmp_path: Path) -> None:
     worker.start()
     try:
         assert inside.wait(5)
-        temp_cleaner.sweep(settings)
+        temp_cleaner.sweep(policy)
         assert (seen[0] / "download.dcm").exists()
     finally:
         release.set()
@@ -161,7 +160,7 @@ def test_low_space_sweep_never_removes_a_folder_in_use(tmp_path: Path) -> None:
 
 
 def test_sweep_of_a_missing_root_is_harmless(tmp_path: Path) -> None:
-    report = temp_cleaner.sweep(settings_for(tmp_path / "not-created"))
+    report = temp_cleaner.sweep(policy_for(tmp_path / "not-created"))
     assert report.removed == 0
 
 
@@ -174,7 +173,7 @@ def test_symlinks_are_removed_not_followed(tmp_path: Path) -> None:
     link = root / "link"
     link.symlink_to(outside, target_is_directory=True)
     age(link, 2 * DAY)
-    temp_cleaner.sweep(settings_for(root))
+    temp_cleaner.sweep(policy_for(root))
     assert not link.is_symlink()
     assert (outside / "keep.txt").read_text() == "keep"
 

@@ -10,7 +10,9 @@ import pytest
 from cfnlint.api import lint_file
 from cfnlint.decode import decode
 
-import deploy
+from deployment import iam, options, rest_api
+from deployment import package as packaging
+from deployment.function import LAMBDA_LOG_LEVEL
 
 PROJECT = Path(__file__).resolve().parents[1]
 TEMPLATE = PROJECT / "template.yaml"
@@ -25,7 +27,7 @@ def template() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def config() -> dict[str, Any]:
-    return json.loads(deploy.CONFIG_PATH.read_text())["function"]
+    return json.loads(packaging.CONFIG_PATH.read_text())["function"]
 
 
 def resource(template: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -48,25 +50,25 @@ def test_cfn_lint_would_catch_a_broken_template(tmp_path: Path) -> None:
 def test_function_matches_deploy(template: dict[str, Any], config: dict[str, Any]) -> None:
     function = resource(template, "AWS::Serverless::Function")
     parameters = template["Parameters"]
-    assert function["Handler"] == deploy.HANDLER
+    assert function["Handler"] == packaging.HANDLER
     assert function["AutoPublishAlias"] == config["alias"]
     assert parameters["Runtime"]["Default"] == config["runtime"]
-    assert parameters["Runtime"]["AllowedValues"] == list(deploy.RUNTIMES)
+    assert parameters["Runtime"]["AllowedValues"] == list(packaging.RUNTIMES)
     assert parameters["Architecture"]["Default"] == config["architecture"]
-    assert parameters["Architecture"]["AllowedValues"] == list(deploy.ARCHITECTURES)
+    assert parameters["Architecture"]["AllowedValues"] == list(packaging.ARCHITECTURES)
     assert parameters["MemorySize"]["Default"] == config["memory_mb"]
-    assert parameters["Timeout"]["MaxValue"] == deploy.API_TIMEOUT_LIMIT["rest"]
-    assert parameters["LogLevel"]["AllowedValues"] == list(deploy.LOG_LEVELS)
-    assert sorted(function["Environment"]["Variables"]) == sorted(deploy.MANAGED_ENV)
+    assert parameters["Timeout"]["MaxValue"] == options.API_TIMEOUT_LIMIT["rest"]
+    assert parameters["LogLevel"]["AllowedValues"] == list(options.LOG_LEVELS)
+    assert sorted(function["Environment"]["Variables"]) == sorted(options.MANAGED_ENV)
     assert function["LoggingConfig"]["LogFormat"] == "JSON"
     levels = template["Mappings"]["LambdaLogLevel"]
-    assert {k: v["Level"] for k, v in levels.items()} == deploy.LAMBDA_LOG_LEVEL
+    assert {k: v["Level"] for k, v in levels.items()} == LAMBDA_LOG_LEVEL
 
 
 def test_rest_api_matches_deploy(template: dict[str, Any], config: dict[str, Any]) -> None:
     api = resource(template, "AWS::Serverless::Api")
     assert api["StageName"] == config["stage"]
-    assert api["BinaryMediaTypes"] == [deploy.BINARY_MEDIA_TYPE.replace("/", "~1")]
+    assert api["BinaryMediaTypes"] == [rest_api.BINARY_MEDIA_TYPE.replace("/", "~1")]
     function = resource(template, "AWS::Serverless::Function")
     routes = sorted(
         f"{e['Properties']['Method'].upper()} {e['Properties']['Path']}"
@@ -74,7 +76,7 @@ def test_rest_api_matches_deploy(template: dict[str, Any], config: dict[str, Any
         if e["Type"] == "Api"
     )
     expected = sorted(
-        f"{m} {path}" for path, methods in deploy.REST_ROUTES.items() for m in methods
+        f"{m} {path}" for path, methods in rest_api.REST_ROUTES.items() for m in methods
     )
     assert routes == expected
 
@@ -82,16 +84,16 @@ def test_rest_api_matches_deploy(template: dict[str, Any], config: dict[str, Any
 def test_role_is_least_privilege(template: dict[str, Any]) -> None:
     role = resource(template, "AWS::IAM::Role")
     trust = role["AssumeRolePolicyDocument"]["Statement"]
-    assert trust == deploy.LAMBDA_TRUST_POLICY["Statement"]
+    assert trust == iam.LAMBDA_TRUST_POLICY["Statement"]
     assert role["ManagedPolicyArns"] == [
-        {"Fn::Sub": f"arn:${{AWS::Partition}}:iam::aws:{deploy.BASIC_EXECUTION_POLICY}"}
+        {"Fn::Sub": f"arn:${{AWS::Partition}}:iam::aws:{iam.BASIC_EXECUTION_POLICY}"}
     ]
     # Policies: only when a bucket is given; each statement only under its own condition.
     condition, policies, otherwise = role["Policies"]["Fn::If"]
     assert condition == "HasS3Access"
     assert otherwise == {"Ref": "AWS::NoValue"}
     (policy,) = policies
-    assert policy["PolicyName"] == deploy.INLINE_POLICY_NAME
+    assert policy["PolicyName"] == iam.INLINE_POLICY_NAME
     read, write = (s["Fn::If"] for s in policy["PolicyDocument"]["Statement"])
     assert read[0] == "HasAllowedBuckets"
     assert read[1]["Action"] == "s3:GetObject"
