@@ -33,6 +33,7 @@ _URL_RE = re.compile(
     r"(?P<authority>[^/?#\s'\"<>]*)"
     r"(?P<path>[^?#\s'\"<>]*)"
     r"(?:\?(?P<query>[^#\s'\"<>]*))?"
+    r"(?:\#(?P<fragment>[^\s'\"<>]*))?"
 )
 # The same values as botocore prints them at DEBUG: headers, canonical requests, signatures.
 _SECRET_HEADER_RE = re.compile(r"(?i)(x-amz-security-token['\"]?\s*:\s*b?['\"]?)[^\s'\",}]+")
@@ -54,6 +55,10 @@ def _redact_match(match: re.Match[str]) -> str:
     query = match["query"]
     if query is not None:
         text += "?" + _redact_query(query)
+    # OAuth's implicit flow puts tokens in the fragment (#access_token=...).
+    fragment = match["fragment"]
+    if fragment is not None:
+        text += "#" + _redact_query(fragment)
     return text
 
 

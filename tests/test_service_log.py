@@ -118,3 +118,15 @@ def test_json_lines_redact_the_message_and_every_field() -> None:
         assert secret not in line
     document = json.loads(line)
     assert document["message"] == "got ftp://***@h/a.dcm" and document["n"] == 3
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://h/a#access_token=SECRET&state=x", "https://h/a#access_token=***&state=***"),
+        ("https://h/a?x=1#id_token=SECRET", "https://h/a?x=***#id_token=***"),
+        ("https://h/a.html#section-2", "https://h/a.html#section-2"),
+    ],
+)
+def test_fragment_values_are_redacted(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
