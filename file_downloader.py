@@ -123,15 +123,11 @@ class DownloadOptions:
 
 @dataclass(frozen=True)
 class Limits:
-    """The budget of one download: size, free space, time and attempts."""
+    """The budget of one download: the options' size, space and attempts, and its deadline."""
 
-    max_bytes: int
-    min_free_bytes: int
-    connect_timeout: float
-    read_timeout: float
+    options: DownloadOptions
+    # DOWNLOAD_DEADLINE_SECONDS, or less when the caller's own deadline is nearer.
     deadline_seconds: float
-    retries: int
-    max_redirects: int
     # time.monotonic() value at which the download must have finished.
     deadline: float
 
@@ -143,16 +139,7 @@ class Limits:
         seconds = options.deadline_seconds
         if deadline_seconds is not None:
             seconds = min(seconds, deadline_seconds)
-        return cls(
-            max_bytes=options.max_bytes,
-            min_free_bytes=options.min_free_bytes,
-            connect_timeout=options.connect_timeout,
-            read_timeout=options.read_timeout,
-            deadline_seconds=seconds,
-            retries=options.retries,
-            max_redirects=options.max_redirects,
-            deadline=time.monotonic() + seconds,
-        )
+        return cls(options, seconds, time.monotonic() + seconds)
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -165,11 +152,11 @@ class Limits:
         return left
 
     def connect_timeout_now(self, url: str) -> float:
-        return min(self.connect_timeout, self.check_deadline(url))
+        return min(self.options.connect_timeout, self.check_deadline(url))
 
     def read_timeout_now(self, url: str) -> float:
         """The socket read timeout for the next read: never past the deadline."""
-        return min(self.read_timeout, self.check_deadline(url))
+        return min(self.options.read_timeout, self.check_deadline(url))
 
     def deadline_error(self, url: str) -> UpstreamTimeout:
         return UpstreamTimeout(
@@ -184,11 +171,11 @@ class Limits:
         if phase == "connect":
             return UpstreamTimeout(
                 f"connecting to the host of {shown_url(url)} timed out after "
-                f"CONNECT_TIMEOUT_SECONDS ({self.connect_timeout:g} s)"
+                f"CONNECT_TIMEOUT_SECONDS ({self.options.connect_timeout:g} s)"
             )
         return UpstreamTimeout(
             f"the source of {shown_url(url)} sent nothing for READ_TIMEOUT_SECONDS "
-            f"({self.read_timeout:g} s)"
+            f"({self.options.read_timeout:g} s)"
         )
 
 
@@ -229,14 +216,14 @@ class _Sink:
         if length is None:
             self._check_space(0)
             return
-        if length > self._limits.max_bytes:
+        if length > self._limits.options.max_bytes:
             raise self._too_large(f"is {length} bytes")
         self._check_space(length)
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
-        if self.size > self._limits.max_bytes:
-            raise self._too_large(f"sent more than {self._limits.max_bytes} bytes")
+        if self.size > self._limits.options.max_bytes:
+            raise self._too_large(f"sent more than {self._limits.options.max_bytes} bytes")
         if self.size >= self._next_space_check:
             self._check_space(len(data))
             self._next_space_check = self.size + SPACE_CHECK_BYTES
@@ -249,15 +236,16 @@ class _Sink:
     def _too_large(self, what: str) -> TooLarge:
         return TooLarge(
             f"the file at {shown_url(self._url)} {what}; the limit is MAX_DOWNLOAD_BYTES "
-            f"({self._limits.max_bytes} bytes)"
+            f"({self._limits.options.max_bytes} bytes)"
         )
 
     def _check_space(self, incoming: int) -> None:
         free = shutil.disk_usage(self.path.parent).free
-        if free - incoming < self._limits.min_free_bytes:
+        if free - incoming < self._limits.options.min_free_bytes:
             raise TooLarge(
                 f"not enough free space in the work folder to download {shown_url(self._url)}: "
-                f"{free} bytes free, and MIN_FREE_TMP_BYTES ({self._limits.min_free_bytes}) "
+                f"{free} bytes free, and MIN_FREE_TMP_BYTES "
+                f"({self._limits.options.min_free_bytes}) "
                 "must stay free; raise the function's ephemeral storage or fetch a smaller file"
             )
 
@@ -282,7 +270,7 @@ def _with_retries(operation: Callable[[], T], limits: Limits, url: str) -> T:
             return operation()
         except _Retry as retry:
             delay = BACKOFF_SECONDS * 2**attempt
-            if attempt >= limits.retries or limits.remaining() <= delay:
+            if attempt >= limits.options.retries or limits.remaining() <= delay:
                 raise retry.error from retry.__cause__
             attempt += 1
             logger.warning(
@@ -290,7 +278,7 @@ def _with_retries(operation: Callable[[], T], limits: Limits, url: str) -> T:
                 redact_url(url),
                 delay,
                 attempt + 1,
-                limits.retries + 1,
+                limits.options.retries + 1,
                 retry.error.message,
             )
             time.sleep(delay)
@@ -516,7 +504,7 @@ class HttpDownloader(Downloader):
 
     def fetch(self, url: str, dest: Path, limits: Limits) -> Path:
         current = url
-        for hop in range(limits.max_redirects + 1):
+        for hop in range(limits.options.max_redirects + 1):
             try:
                 endpoint = self.policy.check_url(current)
             except InvalidUrl as exc:
@@ -532,7 +520,8 @@ class HttpDownloader(Downloader):
                 return dest
             current = self._next_hop(current, location)
         raise UpstreamError(
-            f"{shown_url(url)} redirected more than MAX_REDIRECTS ({limits.max_redirects}) times"
+            f"{shown_url(url)} redirected more than MAX_REDIRECTS "
+            f"({limits.options.max_redirects}) times"
         )
 
     def _next_hop(self, current: str, location: str) -> str:
