@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 UNDEFINED_LENGTH = 0xFFFFFFFF
 # Values longer than this are read from the file only when needed.
 DEFER_SIZE = 64 * 1024
+# Reads up to this size are not clamped to what remains of the file.
+SMALL_READ = 1024 * 1024
 # Colour interpretations a JPEG Baseline frame may carry and be returned as it is.
 _PASSTHROUGH_PHOTOMETRIC = ("RGB", "YBR_FULL_422", "YBR_FULL")
 
@@ -145,7 +147,9 @@ class _BoundedFile(io.BufferedReader):
         self.size = path.stat().st_size
 
     def read(self, size: int | None = -1) -> bytes:
-        if size is not None and size > 0:
+        # Small reads cannot allocate much, and tell() costs a system call:
+        # only reads that could be large are clamped.
+        if size is not None and size > SMALL_READ:
             size = min(size, max(self.size - self.tell(), 0))
             if size == 0:
                 return b""
@@ -153,7 +157,13 @@ class _BoundedFile(io.BufferedReader):
 
 
 def _convert_elements(ds: Dataset, file_size: int | None) -> None:
-    """Convert every value read so far; check deferred ones fit in the file."""
+    """Convert the values the renderer reads; check deferred ones fit in the file.
+
+    Only rendered attributes are converted (see is_rendered_tag): a CT header
+    holds some 230 elements, mostly private, and converting all of them was
+    most of the time a small image took to render. The others stay raw and
+    are never read.
+    """
     from pydicom.dataelem import RawDataElement
 
     for tag, raw in list(ds._dict.items()):
@@ -165,10 +175,35 @@ def _convert_elements(ds: Dataset, file_size: int | None) -> None:
                     f"bytes but only {max(file_size - int(raw.value_tell), 0)} remain"
                 )
             continue
+        if not is_rendered_tag(tag):
+            continue
         element = ds[tag]
         if element.VR == "SQ":
             for item in element.value:
                 _convert_elements(item, file_size)
+
+
+# What rendering and the answer's metadata read: the file meta, the Image
+# Pixel and presentation groups (0028: pixel module, Modality/VOI LUTs,
+# palettes), the pixel data group, and the few identifying attributes below.
+RENDERED_GROUPS = frozenset({0x0002, 0x0028, 0x7FE0})
+RENDERED_TAGS = frozenset(
+    {
+        0x00080005,  # Specific Character Set: how Patient's Name is decoded
+        0x00080016,  # SOP Class UID
+        0x00080018,  # SOP Instance UID
+        0x00080020,  # Study Date
+        0x00080060,  # Modality
+        0x0008103E,  # Series Description
+        0x00100010,  # Patient's Name
+        0x00180015,  # Body Part Examined
+    }
+)
+
+
+def is_rendered_tag(tag: int) -> bool:
+    """Whether rendering or the answer reads this element (so it is converted on reading)."""
+    return (tag >> 16) in RENDERED_GROUPS or tag in RENDERED_TAGS
 
 
 def tag_name(tag: int) -> str:

@@ -148,3 +148,35 @@ def test_jpeg_decodes_refuses_a_damaged_stream() -> None:
 def test_parse_error_text_drops_quoted_values() -> None:
     error = ValueError("bad value 'SECRET^PATIENT' in \"Name\"\nsecond line")
     assert parse_error_text(error) == "bad value '…' in '…'"
+
+
+def test_only_rendered_attributes_are_converted(tmp_path: Path) -> None:
+    # A malformed value the renderer never reads (here an unknown VR in a
+    # private group, which pydicom cannot convert) does not stop a render, while
+    # the attributes it reads are converted on reading.
+    from pydicom.dataelem import RawDataElement
+
+    path = write_image(tmp_path, np.arange(16, dtype=np.uint8).reshape(4, 4))
+    ds = dcmread(path)
+    ds.add_new(0x00091010, "LO", "PRIVATE")
+    ds.save_as(path)
+    data = bytearray(path.read_bytes())
+    at = bytes(data).index(b"\x09\x00\x10\x10LO")
+    data[at + 4 : at + 6] = b"P\x00"
+    path.write_bytes(bytes(data))
+    read = read_dataset(path, BUDGET)
+    assert isinstance(read._dict[0x00091010], RawDataElement)
+    assert not isinstance(read._dict[0x00280010], RawDataElement)
+    assert not isinstance(read._dict[0x00100010], RawDataElement)
+    module = image_pixel_module(read, BUDGET)
+    assert decode_frame(read, 0, module).shape == (4, 4)
+
+
+def test_every_metadata_attribute_is_converted_on_reading() -> None:
+    from pydicom.datadict import tag_for_keyword
+
+    from dicom_converter import METADATA_TAGS
+    from dicom_dataset import is_rendered_tag
+
+    for keyword in METADATA_TAGS:
+        assert is_rendered_tag(tag_for_keyword(keyword)), keyword
