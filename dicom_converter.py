@@ -28,7 +28,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,11 +40,17 @@ from dicom_dataset import (
     decode_frame,
     embedded_jpeg_frame,
     image_pixel_module,
-    parse_error_text,
     read_dataset,
     transfer_syntax,
 )
 from errors import CorruptDicom, InvalidRequest, ServiceError, UnsupportedImage
+from lookup_tables import (
+    check_palette_depth,
+    first_lut_item,
+    lut_item_table,
+    lut_lookup,
+    palette_tables,
+)
 
 if TYPE_CHECKING:
     import argparse
@@ -71,6 +77,11 @@ PRESETS: dict[str, tuple[float, float]] = {
     "liver": (30.0, 150.0),
     "soft_tissue": (40.0, 400.0),
 }
+
+# A thumbnail is decoded at least this many times the viewport (see reduction_factor).
+REDUCING_GAP = 3
+# The least JPEG quality for colour when the caller gives none (with 4:4:4 chroma).
+COLOUR_JPEG_QUALITY = 90
 
 FORMAT_NAMES = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp"}
 MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
@@ -225,13 +236,16 @@ def apply_modality_lut(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     """PS3.3 C.11.1: the Modality LUT Sequence, or Rescale Slope/Intercept.
 
     Returns `arr` itself when the dataset has neither (or an identity rescale);
-    otherwise float64 values in modality units.
+    otherwise float64 values in modality units. A rescale that takes a finite
+    stored value out of the float range (e.g. RescaleSlope 1e308) is a corrupt
+    file: no infinity or NaN goes further down the pipeline.
     """
     import numpy as np
 
-    item = _first_lut_item(ds, "ModalityLUTSequence")
+    item = first_lut_item(ds, "ModalityLUTSequence")
     if item is not None:
-        return lut_item_lookup(arr, item, ds)
+        first, data, _bits = lut_item_table(item, ds, "ModalityLUTSequence")
+        return lut_lookup(arr, first, data)
     slope = _first_number(ds.get("RescaleSlope"))
     intercept = _first_number(ds.get("RescaleIntercept"))
     # Empty or zero slopes occur in the wild; they mean "no rescale".
@@ -240,10 +254,19 @@ def apply_modality_lut(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     if slope == 1.0 and not intercept:
         return arr
     result = arr.astype(np.float64)
-    if slope != 1.0:
-        result *= slope
-    if intercept:
-        result += intercept
+    with np.errstate(over="ignore", invalid="ignore"):
+        if slope != 1.0:
+            result *= slope
+        if intercept:
+            result += intercept
+    overflow = ~np.isfinite(result)
+    if arr.dtype.kind == "f":
+        overflow &= np.isfinite(arr)  # NaN stored in float maps is not the rescale's doing
+    if overflow.any():
+        raise CorruptDicom(
+            "RescaleSlope and RescaleIntercept take stored values beyond the range of "
+            "real numbers; the Modality LUT (PS3.3 C.11.1) must give finite values"
+        )
     return result
 
 
@@ -259,6 +282,7 @@ def apply_voi_lut(arr: np.ndarray, ds: Dataset, window: AppliedWindow | None = N
     window = window or file_voi(ds)
     if window is None:
         return arr
+    check_window_finite(window)
     if window.source == "voi_lut":
         return _voi_lut_sequence(arr, ds)
     assert window.center is not None and window.width is not None
@@ -296,27 +320,19 @@ def apply_presentation_lut(arr: np.ndarray, ds: Dataset) -> np.ndarray:
 def apply_palette_color(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     """PS3.3 C.7.9 and C.7.6.3.1.2: PALETTE COLOR through the colour LUTs, to 8-bit RGB.
 
-    The (possibly segmented) LUT is expanded once over every stored value and
-    scaled to 8 bits, then applied to the frame, so the frame is indexed only
-    once. Returns `arr` itself when the image is not PALETTE COLOR.
+    The (possibly segmented) tables are validated, expanded to at most 65,536
+    entries, mapped over every stored value and scaled to 8 bits; the frame is
+    indexed once. Returns `arr` itself when the image is not PALETTE COLOR.
     """
     import numpy as np
-    from pydicom.pixels.processing import apply_color_lut
 
     if photometric_interpretation(ds) != "PALETTE COLOR":
         return arr
+    check_palette_depth(arr.dtype.kind == "f", arr.dtype.itemsize * 8)
+    first, tables = palette_tables(ds)
     domain, index = stored_value_domain(arr)
-    try:
-        lut = apply_color_lut(domain.astype(arr.dtype), ds)
-    except (ValueError, KeyError, AttributeError, IndexError, TypeError) as exc:
-        raise CorruptDicom(
-            f"the palette colour lookup tables are invalid: {parse_error_text(exc)}"
-        ) from exc
-    bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
-    if bits > 8:
-        lut8 = np.rint(lut.astype(np.float64) / 257.0).astype(np.uint8)
-    else:
-        lut8 = lut.astype(np.uint8)
+    positions = np.clip(domain - first, 0, tables.shape[1] - 1)
+    lut8 = np.ascontiguousarray(tables[:, positions].T)
     return lut8[index]
 
 
@@ -412,7 +428,7 @@ def file_voi(ds: Dataset) -> AppliedWindow | None:
     width = _first_number(ds.get("WindowWidth"))
     if center is not None and width is not None and window_is_valid(width, function):
         return AppliedWindow(center, width, function, "file")
-    if _first_lut_item(ds, "VOILUTSequence") is not None:
+    if first_lut_item(ds, "VOILUTSequence") is not None:
         return AppliedWindow(None, None, "LUT", "voi_lut")
     return None
 
@@ -431,6 +447,20 @@ def select_voi(
     lo, hi = min_max_after_modality(frame, modality)
     # The window that maps min to 0 and max to full scale with the LINEAR formula.
     return AppliedWindow((lo + hi + 1) / 2, hi - lo + 1, "LINEAR", "min_max")
+
+
+def check_window_finite(window: AppliedWindow) -> None:
+    """PS3.3 C.11.2.1.2: a window is finite; one computed from the modality range may not be.
+
+    Modality values near the ends of the float range (a huge RescaleSlope or
+    RescaleIntercept) make a min–max width of infinity, and JSON has no infinity.
+    """
+    for value in (window.center, window.width):
+        if value is not None and not math.isfinite(value):
+            raise CorruptDicom(
+                "the VOI window from the modality range is not finite: RescaleSlope and "
+                "RescaleIntercept spread the stored values beyond the range of real numbers"
+            )
 
 
 def requested_window(ds: Dataset, options: RenderOptions) -> AppliedWindow | None:
@@ -473,61 +503,18 @@ def _check_preset_applies(ds: Dataset, preset: str) -> None:
     )
 
 
-def _first_lut_item(ds: Dataset, keyword: str) -> Dataset | None:
-    """The first item of a LUT sequence, or None when it is absent or empty.
-
-    Writers leave present-but-empty sequences and items; those mean "no LUT".
-    """
-    sequence = ds.get(keyword)
-    if not sequence:
-        return None
-    item = sequence[0]
-    descriptor = item.get("LUTDescriptor")
-    if not descriptor or len(descriptor) != 3 or not item.get("LUTData"):
-        return None
-    return item
-
-
 def _voi_lut_sequence(values: np.ndarray, ds: Dataset) -> np.ndarray:
     import numpy as np
 
-    item = _first_lut_item(ds, "VOILUTSequence")
+    item = first_lut_item(ds, "VOILUTSequence")
     assert item is not None
-    mapped = lut_item_lookup(values, item, ds)
-    bits = int(item.LUTDescriptor[2])
+    first, data, bits = lut_item_table(item, ds, "VOILUTSequence")
+    mapped = lut_lookup(values, first, data)
     # Some writers declare 16 bits but fill fewer; scale by what the data uses.
     full = float(2**bits - 1)
     top = max(float(mapped.max(initial=0)), 1.0)
     scale = full if top > full / 2 else top
     return np.clip(mapped / scale, 0.0, 1.0) * 255.0
-
-
-def lut_item_lookup(values: np.ndarray, item: Dataset, ds: Dataset) -> np.ndarray:
-    """Map values through one LUT item (PS3.3 C.11.1.1.1 / C.11.2.1.1 LUT Descriptor).
-
-    Values below the first mapped value take the first entry, values past the
-    end take the last. (pydicom's apply_voi indexes with the LUT's own 8-bit
-    dtype, which wraps for LUTs longer than 256 entries.)
-    """
-    import numpy as np
-
-    entries, first_mapped, _bits = (int(v) for v in item.LUTDescriptor)
-    data = _lut_data(item, ds)[: entries or 65536]
-    if data.size == 0:
-        raise CorruptDicom("a LUT Sequence item has no LUT Data")
-    index = np.rint(values).astype(np.int64) - first_mapped
-    return data[np.clip(index, 0, data.size - 1)].astype(np.float64)
-
-
-def _lut_data(item: Dataset, ds: Dataset) -> np.ndarray:
-    import numpy as np
-
-    value = item["LUTData"].value
-    if isinstance(value, (bytes, bytearray)):
-        # OW data: 16-bit words in the dataset's byte order.
-        little = ds.original_encoding[1] is not False
-        return np.frombuffer(value, dtype="<u2" if little else ">u2")
-    return np.atleast_1d(np.asarray(value, dtype=np.int64))
 
 
 def to_display_bytes(display: np.ndarray) -> np.ndarray:
@@ -575,34 +562,65 @@ def render_grayscale(
     return lut[index], window
 
 
+# Pixels per block of rows in the 32-bit and float path: its float64 temporaries
+# stay near 8 MB each whatever the frame size.
+WIDE_BLOCK_PIXELS = 1 << 20
+
+
+def _row_blocks(frame: np.ndarray) -> Iterator[slice]:
+    step = max(1, WIDE_BLOCK_PIXELS // max(frame.shape[1], 1))
+    for start in range(0, frame.shape[0], step):
+        yield slice(start, start + step)
+
+
 def _render_grayscale_wide(
     ds: Dataset, frame: np.ndarray, options: RenderOptions
 ) -> tuple[np.ndarray, AppliedWindow]:
-    """32-bit and float frames: too many values for a LUT, so compute in float32."""
+    """32-bit and float frames: too many values for a LUT, so the stages run on row blocks.
+
+    Each block goes through Modality, VOI and Presentation in float64 and into
+    the uint8 output, so the extra memory is a block, not float copies of the
+    frame. Non-finite stored values (NaN in float maps) display as the lowest value.
+    """
     import numpy as np
 
-    values = frame.astype(np.float32)
-    # The Modality LUT as rescale only, in float32 to halve the copy.
-    slope = _first_number(ds.get("RescaleSlope")) or 1.0
-    intercept = _first_number(ds.get("RescaleIntercept")) or 0.0
-    values *= np.float32(slope)
-    values += np.float32(intercept)
-    finite = np.isfinite(values)
-    if not finite.any():
-        raise CorruptDicom("the pixel data holds no finite values")
-    lo, hi = float(values[finite].min()), float(values[finite].max())
-    values[~finite] = lo
+    lo, hi = wide_modality_range(ds, frame)
     requested = requested_window(ds, options)
     if requested is not None:
         window = requested
     elif hi > lo:
         window = AppliedWindow((lo + hi) / 2, hi - lo, "LINEAR_EXACT", "min_max")
     else:
-        window = AppliedWindow(lo, 0.0, "LINEAR_EXACT", "min_max")
-        return np.zeros(frame.shape, np.uint8), window
-    display = apply_voi_lut(values, ds, window).astype(np.float32)
-    display = apply_presentation_lut(display, ds)
-    return to_display_bytes(display), window
+        return np.zeros(frame.shape, np.uint8), AppliedWindow(lo, 0.0, "LINEAR_EXACT", "min_max")
+    check_window_finite(window)
+    out = np.empty(frame.shape, np.uint8)
+    for rows in _row_blocks(frame):
+        values = apply_modality_lut(frame[rows], ds)
+        if values.dtype.kind == "f":
+            values = np.where(np.isfinite(values), values, lo)
+        display = apply_presentation_lut(apply_voi_lut(values, ds, window), ds)
+        out[rows] = to_display_bytes(display)
+    return out, window
+
+
+def wide_modality_range(ds: Dataset, frame: np.ndarray) -> tuple[float, float]:
+    """Min and max of a 32-bit or float frame after the Modality LUT, block by block."""
+    import numpy as np
+
+    if frame.dtype.kind in "iu" and first_lut_item(ds, "ModalityLUTSequence") is None:
+        # A rescale is monotonic: the ends of the stored range give the ends.
+        ends = apply_modality_lut(np.array([frame.min(), frame.max()], dtype=np.float64), ds)
+        return float(ends.min()), float(ends.max())
+    lo, hi = math.inf, -math.inf
+    for rows in _row_blocks(frame):
+        values = apply_modality_lut(frame[rows], ds)
+        if values.dtype.kind == "f":
+            values = values[np.isfinite(values)]
+        if values.size:
+            lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+    if lo > hi:
+        raise CorruptDicom("the pixel data holds no finite values")
+    return lo, hi
 
 
 def display_pixels(
@@ -652,12 +670,17 @@ def viewport_size(
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def encode(pixels: np.ndarray, options: RenderOptions, quality: int) -> tuple[bytes, int, int]:
-    """Resize into the viewport and encode; returns (bytes, width, height)."""
+def encode(
+    pixels: np.ndarray, options: RenderOptions, quality: int, size: tuple[int, int] | None = None
+) -> tuple[bytes, int, int]:
+    """Resize to `size` (default: the viewport fit of `pixels`) and encode.
+
+    Returns (bytes, width, height).
+    """
     from PIL import Image
 
     image = Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB")
-    size = viewport_size(image.width, image.height, options.width, options.height)
+    size = size or viewport_size(image.width, image.height, options.width, options.height)
     if size != image.size:
         # reducing_gap first shrinks by an integer factor (cheap box filter),
         # then finishes with Lanczos, which keeps edges crisp.
@@ -665,7 +688,9 @@ def encode(pixels: np.ndarray, options: RenderOptions, quality: int) -> tuple[by
     buffer = io.BytesIO()
     fmt = options.output_format
     if fmt == "jpg":
-        image.save(buffer, "JPEG", quality=quality)
+        # 4:4:4 chroma: Pillow's default 4:2:0 halves colour resolution, which
+        # smears palette and overlay edges (subsampling only concerns RGB).
+        image.save(buffer, "JPEG", quality=quality, subsampling=0)
     elif fmt == "png":
         # Level 3 is several times faster than the default 6 for ~5% more bytes.
         image.save(buffer, "PNG", compress_level=3)
@@ -732,22 +757,65 @@ def open_image(
     return ds, module, syntax
 
 
+def reduction_factor(module: ImagePixelModule, options: RenderOptions) -> int:
+    """How much smaller a thumbnail frame may be decoded: 1, or an integer factor >= 2.
+
+    The decoded frame stays at least REDUCING_GAP times the viewport, so that
+    Lanczos does the last step: a box average or a wavelet resolution level
+    straight to the viewport softens or aliases edges (up to 140 grey levels
+    at p99 measured on GH133 as HTJ2K), like Pillow's reducing_gap. Palette
+    indices cannot be averaged and float frames are never reduced.
+    """
+    if module.is_float or module.photometric_interpretation == "PALETTE COLOR":
+        return 1
+    factors = []
+    if options.width is not None:
+        factors.append(module.columns // options.width)
+    if options.height is not None:
+        factors.append(module.rows // options.height)
+    factor = min(factors, default=1) // REDUCING_GAP
+    return factor if factor >= 2 else 1
+
+
 def render_frame(
     ds: Dataset,
     module: ImagePixelModule,
     options: RenderOptions,
     quality: int,
     timings: StageTimer,
+    budget: int,
 ) -> tuple[bytes, int, int, AppliedWindow]:
-    """Decode the frame, take it through the display stages and encode it."""
-    frame = decode_frame(ds, options.frame - 1, module)
+    """Decode the frame, take it through the display stages and encode it.
+
+    A thumbnail may be decoded at reduced size; the output size always comes
+    from the module's own rows and columns.
+    """
+    if module.photometric_interpretation == "PALETTE COLOR":
+        check_palette_depth(module.is_float, module.bits_allocated)
+    reduce = reduction_factor(module, options)
+    frame = decode_frame(ds, options.frame - 1, module, max_pixel_bytes=budget, reduce=reduce)
     timings.lap("decode")
+    # The encoded pixel data (up to a frame's size again) is not needed past
+    # decoding; dropping it lowers the peak of the display stages by that much.
+    for tag in {0x7FE00010, 0x7FE00008, 0x7FE00009} & set(ds.keys()):
+        del ds[tag]
     pixels, window = display_pixels(ds, frame, module, options)
     del frame  # the stored frame is no longer needed while encoding
     timings.lap("render")
-    image, width, height = encode(pixels, options, quality)
+    size = viewport_size(module.columns, module.rows, options.width, options.height)
+    image, width, height = encode(pixels, options, quality, size)
     timings.lap("encode")
     return image, width, height, window
+
+
+def output_quality(options: RenderOptions, limits: RenderLimits, module: ImagePixelModule) -> int:
+    """The caller's quality, else the default; for colour JPEG at least 90 (palette edges)."""
+    if options.quality is not None:
+        return options.quality
+    colour = module.samples_per_pixel == 3 or module.photometric_interpretation == "PALETTE COLOR"
+    if colour and options.output_format == "jpg":
+        return max(limits.default_quality, COLOUR_JPEG_QUALITY)
+    return limits.default_quality
 
 
 def render(
@@ -760,7 +828,7 @@ def render(
     limits = limits or RenderLimits()
     timings = StageTimer()
     ds, module, syntax = open_image(Path(path), options.frame, limits)
-    quality = options.quality if options.quality is not None else limits.default_quality
+    quality = output_quality(options, limits, module)
     timings.lap("read")
 
     passthrough = passthrough_frame(ds, module, options)
@@ -768,7 +836,9 @@ def render(
         image, width, height, window = passthrough, module.columns, module.rows, NO_WINDOW
         timings.lap("decode")
     else:
-        image, width, height, window = render_frame(ds, module, options, quality, timings)
+        image, width, height, window = render_frame(
+            ds, module, options, quality, timings, limits.max_pixel_bytes
+        )
 
     return RenderResult(
         image=image,

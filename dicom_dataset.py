@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dicom_codecs import (
+    BY_UID,
     DEFLATED,
     EXPLICIT_BE,
     EXPLICIT_LE,
     IMPLICIT_LE,
     JPEG_BASELINE,
     NATIVE_SYNTAXES,
+    serving_codec,
     supported_syntax_names,
     syntax_name,
 )
@@ -385,22 +387,18 @@ def _number_of_frames(ds: Dataset) -> int:
 
 
 def transfer_syntax(ds: Dataset) -> str:
-    """The transfer syntax UID, checked against the installed decoders."""
-    from pydicom.pixels import get_decoder
-
-    uid = ds.file_meta.TransferSyntaxUID
-    try:
-        decoder = get_decoder(uid)
-    except (NotImplementedError, ValueError, TypeError) as exc:
-        raise UnsupportedTransferSyntax(
-            f"transfer syntax {uid} ({syntax_name(uid)}) is not supported; "
-            f"supported: {', '.join(sorted(set(supported_syntax_names())))}"
-        ) from exc
-    if not decoder.is_available:
+    """The transfer syntax UID, checked against the codecs installed (dicom_codecs' table)."""
+    uid = str(ds.file_meta.TransferSyntaxUID)
+    if serving_codec(uid) is not None:
+        return uid
+    if uid in BY_UID and BY_UID[uid].decoders:
         raise UnsupportedTransferSyntax(
             f"transfer syntax {uid} ({syntax_name(uid)}) needs a codec that is not installed"
         )
-    return str(uid)
+    raise UnsupportedTransferSyntax(
+        f"transfer syntax {uid} ({syntax_name(uid)}) is not supported; "
+        f"supported: {', '.join(sorted(set(supported_syntax_names())))}"
+    )
 
 
 def check_pixel_data_length(ds: Dataset, module: ImagePixelModule) -> None:
@@ -427,47 +425,24 @@ def check_pixel_data_length(ds: Dataset, module: ImagePixelModule) -> None:
         )
 
 
-def decode_frame(ds: Dataset, index: int, module: ImagePixelModule) -> np.ndarray:
-    """Decode only frame `index` (0-based) to an ndarray, colour converted to RGB."""
-    import numpy as np
-    from pydicom.pixels import pixel_array
+def decode_frame(
+    ds: Dataset,
+    index: int,
+    module: ImagePixelModule,
+    *,
+    max_pixel_bytes: int | None = None,
+    reduce: int = 1,
+) -> np.ndarray:
+    """Decode only frame `index` (0-based) to an ndarray, colour converted to RGB.
 
-    if module.is_float:
-        return _decode_float_frame(ds, index, module)
-    try:
-        arr = pixel_array(ds, index=index)
-    except (KeyboardInterrupt, SystemExit, MemoryError):
-        raise
-    except BaseException as exc:
-        # Codecs raise anything on bad data (their availability was checked
-        # before), and the Rust ones raise pyo3's PanicException, which is a
-        # BaseException.
-        raise CorruptDicom(f"the pixel data could not be decoded: {parse_error_text(exc)}") from exc
-    expected = (module.rows, module.columns) + (
-        (module.samples_per_pixel,) if module.samples_per_pixel > 1 else ()
-    )
-    if arr.shape != expected:
-        raise CorruptDicom(f"decoded frame has shape {arr.shape}, the header says {expected}")
-    return np.ascontiguousarray(arr)
+    See frame_decoders.decode_frame; `reduce` > 1 may give a smaller frame.
+    Each encapsulated frame's own header is held to `max_pixel_bytes`, by
+    default what the module's frame needs (the module was held to the budget).
+    """
+    import frame_decoders
 
-
-def _decode_float_frame(ds: Dataset, index: int, module: ImagePixelModule) -> np.ndarray:
-    # Float Pixel Data (7FE0,0008) / Double Float (7FE0,0009): parametric maps.
-    import numpy as np
-
-    keyword = "FloatPixelData" if 0x7FE00008 in ds else "DoubleFloatPixelData"
-    dtype = np.dtype("<f4" if keyword == "FloatPixelData" else "<f8")
-    if not ds.original_encoding[1]:
-        dtype = dtype.newbyteorder(">")
-    count = module.rows * module.columns * module.samples_per_pixel
-    data = ds[keyword].value
-    start = index * count * dtype.itemsize
-    if len(data) < start + count * dtype.itemsize:
-        raise CorruptDicom(f"the {keyword} is truncated: frame {index + 1} is incomplete")
-    arr = np.frombuffer(data, dtype=dtype, count=count, offset=start)
-    if module.samples_per_pixel != 1:
-        raise UnsupportedImage("float pixel data with more than one sample is not supported")
-    return arr.reshape(module.rows, module.columns).astype(np.float32)
+    budget = module.frame_bytes if max_pixel_bytes is None else max_pixel_bytes
+    return frame_decoders.decode_frame(ds, index, module, max_pixel_bytes=budget, reduce=reduce)
 
 
 def embedded_jpeg_frame(ds: Dataset, index: int, module: ImagePixelModule) -> bytes | None:

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,10 @@ RUNTIME_MODULES = (
     "dicom_converter",
     "dicom_dataset",
     "dicom_codecs",
+    "frame_decoders",
+    "codestream",
+    "lookup_tables",
+    "playground",
     "file_downloader",
     "url_policy",
     "s3_store",
@@ -50,7 +55,7 @@ RUNTIME_MODULES = (
     "settings",
     "errors",
 )
-RUNTIME_DATA = ("lambda_config.json",)
+RUNTIME_DATA = ("lambda_config.json", "playground.html")
 
 # Runtime name -> Python version; python3.9 cannot run pydicom 3 and is deprecated.
 RUNTIMES = {"python3.12": "3.12", "python3.13": "3.13"}
@@ -63,9 +68,55 @@ ELF_MACHINE = {"x86_64": 62, "arm64": 183}
 # The Lambda Python runtime ships these; nothing else in requirements.txt needs them.
 RUNTIME_PROVIDED = {"boto3", "botocore", "s3transfer"}
 
+# imagecodecs bundles about sixty codecs; the service decodes through these
+# extension modules only (libjpeg-turbo, CharLS, OpenJPEG, OpenJPH, libjxl and the
+# Cython runtime they share). The rest, and the libraries only they link, stay out.
+IMAGECODECS_KEPT = frozenset(
+    {"_shared", "_shared_cython", "_jpeg8", "_jpegls", "_jpeg2k", "_htj2k", "_jpegxl"}
+)
+# Pillow extension modules the service never loads: AVIF, fonts, Tk, colour
+# management, ImageMath and ImageMorph. Pillow imports each of them lazily or
+# inside try/except, so the JPEG, PNG, WebP and GIF writers work without them.
+PILLOW_UNUSED = (
+    "_avif",
+    "_imagingft",
+    "_imagingtk",
+    "_imagingcms",
+    "_imagingmath",
+    "_imagingmorph",
+)
+# numpy's own test and SIMD-introspection extension modules.
+NUMPY_TEST_EXTENSIONS = (
+    "_multiarray_tests",
+    "_operand_flag_tests",
+    "_rational_tests",
+    "_struct_ufunc_tests",
+    "_umath_tests",
+    "_simd",
+)
+# Build-time and tooling parts of the dependencies, never imported by the service.
+UNUSED_PATHS = (
+    "numpy/f2py",
+    "numpy/_pyinstaller",
+    "numpy/_core/include",
+    "numpy/_core/lib",
+    "numpy/random/_examples",
+    "imagecodecs/numcodecs.py",
+    "imagecodecs/zarr.py",
+    "imagecodecs/__main__.py",
+    "pydicom/benchmarks",
+)
+# Type stubs, Cython declarations and C headers.
+UNUSED_SUFFIXES = (".pyi", ".pxd", ".pyx", ".h")
+# pydicom's test data, except the files pydicom.examples looks up when pydicom is
+# imported: without them that import would try to download them.
+PYDICOM_TEST_FILES = "pydicom/data/test_files"
+PYDICOM_EXAMPLES = "pydicom/examples/__init__.py"
+
 MAX_UNZIPPED_BYTES = 262_144_000  # Lambda's 250 MB limit for a function's unzipped code
 DIRECT_UPLOAD_LIMIT = 50 * 1024 * 1024  # larger zips must go through S3
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+LAMBDA_TASK_ROOT = "/var/task"  # where Lambda unpacks the zip; names in tracebacks
 
 
 @dataclass(frozen=True)
@@ -75,6 +126,7 @@ class Package:
     unzipped_bytes: int
     files: int
     sha256_hex: str
+    bytecode: bool = False  # ships .pyc files compiled for the runtime's Python
 
     @property
     def code_sha256(self) -> str:
@@ -174,6 +226,119 @@ def prune(root: Path) -> None:
         name = dist_info.name.split("-", 1)[0].lower().replace("_", "-")
         if name in RUNTIME_PROVIDED:
             shutil.rmtree(dist_info)
+    prune_unused_parts(root)
+    prune_bundled_libraries(root)
+
+
+def _extension_stem(path: Path) -> str:
+    """``_jpeg8`` for ``_jpeg8.abi3.so`` or ``_jpeg8.cpython-312-x86_64-linux-gnu.so``."""
+    return path.name.split(".", 1)[0]
+
+
+def prune_unused_parts(root: Path) -> None:
+    """Leave out codecs, extension modules, tools and data the service never loads."""
+    codecs = root / "imagecodecs"
+    for path in codecs.glob("_*.so") if codecs.is_dir() else ():
+        if _extension_stem(path) not in IMAGECODECS_KEPT:
+            path.unlink()
+    for path in (root / "PIL").glob("_*.so") if (root / "PIL").is_dir() else ():
+        if _extension_stem(path) in PILLOW_UNUSED:
+            path.unlink()
+    for path in (root / "numpy" / "_core").glob("_*.so"):
+        if _extension_stem(path) in NUMPY_TEST_EXTENSIONS:
+            path.unlink()
+    for relative_path in UNUSED_PATHS:
+        target = root / relative_path
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    for path in root.rglob("*"):
+        if path.suffix in UNUSED_SUFFIXES and path.is_file():
+            path.unlink()
+    prune_pydicom_test_files(root)
+
+
+def prune_pydicom_test_files(root: Path) -> None:
+    test_files, examples = root / PYDICOM_TEST_FILES, root / PYDICOM_EXAMPLES
+    if not test_files.is_dir():
+        return
+    wanted = set()
+    if examples.is_file():
+        wanted = set(re.findall(r"get_testdata_file\(\s*[\"']([^\"']+)[\"']", examples.read_text()))
+    for path in sorted(test_files.rglob("*"), reverse=True):
+        if path.is_file() and path.name not in wanted:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
+ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
+ELF_PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")
+ELF_DYNAMIC_ENTRY = struct.Struct("<qQ")
+PT_LOAD, PT_DYNAMIC = 1, 2
+DT_NULL, DT_NEEDED, DT_STRTAB = 0, 1, 5
+
+
+def needed_libraries(data: bytes) -> list[str] | None:
+    """The DT_NEEDED names of a 64-bit little-endian ELF file, read as the loader does.
+
+    None when ``data`` is not an ELF file. Lambda's x86_64 and aarch64 are both
+    64-bit little-endian; any other ELF file stops the build.
+    """
+    if len(data) < ELF_HEADER.size or data[:4] != b"\x7fELF":
+        return None
+    if data[4:6] != b"\x02\x01":
+        raise DeployError("a bundled library is not a 64-bit little-endian ELF file")
+    header = ELF_HEADER.unpack_from(data)
+    phoff, phentsize, phnum = header[5], header[9], header[10]
+    segments = [ELF_PROGRAM_HEADER.unpack_from(data, phoff + i * phentsize) for i in range(phnum)]
+
+    def file_offset(address: int) -> int:
+        for kind, _, offset, vaddr, _, filesz, _, _ in segments:
+            if kind == PT_LOAD and vaddr <= address < vaddr + filesz:
+                return address - vaddr + offset
+        raise ValueError("address outside every loaded segment")
+
+    dynamic = next((s for s in segments if s[0] == PT_DYNAMIC), None)
+    if dynamic is None:
+        return []  # statically linked
+    entries = []
+    for index in range(dynamic[5] // ELF_DYNAMIC_ENTRY.size):
+        tag, value = ELF_DYNAMIC_ENTRY.unpack_from(
+            data, dynamic[2] + index * ELF_DYNAMIC_ENTRY.size
+        )
+        if tag == DT_NULL:
+            break
+        entries.append((tag, value))
+    strtab = file_offset(next(value for tag, value in entries if tag == DT_STRTAB))
+    names = []
+    for tag, value in entries:
+        if tag == DT_NEEDED:
+            start = strtab + value
+            names.append(data[start : data.index(b"\0", start)].decode("ascii"))
+    return names
+
+
+def prune_bundled_libraries(root: Path) -> None:
+    """Drop libraries in ``*.libs`` folders that no remaining extension module needs.
+
+    auditwheel copies every library a wheel links into ``<name>.libs``; once unused
+    extension modules are gone, some of those libraries have no user left.
+    """
+    bundled = {path.name: path for folder in root.glob("*.libs") for path in folder.iterdir()}
+    if not bundled:
+        return
+    todo = [p for p in root.rglob("*.so*") if p.is_file() and p.parent.suffix != ".libs"]
+    reached: set[str] = set()
+    while todo:
+        for name in needed_libraries(todo.pop().read_bytes()) or ():
+            if name in bundled and name not in reached:
+                reached.add(name)
+                todo.append(bundled[name])
+    for name, path in bundled.items():
+        if name not in reached:
+            path.unlink()
 
 
 def project_files(
@@ -226,7 +391,48 @@ def describe_zip(path: Path) -> Package:
         unzipped_bytes=sum(info.file_size for info in infos),
         files=len(infos),
         sha256_hex=digest.hexdigest(),
+        bytecode=any(info.filename.endswith(".pyc") for info in infos),
     )
+
+
+def runtime_python(version: str) -> str | None:
+    """An interpreter of exactly this version: on PATH, from pyenv, or from uv."""
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates = [shutil.which(f"python{version}") or ""]
+    candidates += [str(p) for p in sorted(pyenv_root.glob(f"versions/{version}.*/bin/python3"))]
+    if shutil.which("uv"):
+        found = subprocess.run(
+            ["uv", "python", "find", "--no-project", version],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        candidates.append(found.stdout.strip() if found.returncode == 0 else "")
+    for candidate in filter(None, candidates):
+        probe = subprocess.run(
+            [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if probe.returncode == 0 and probe.stdout.strip() == version:
+            return candidate
+    return None
+
+
+def compile_bytecode(root: Path, runtime: str) -> bool:
+    """Compile every module to .pyc with the runtime's own Python, if there is one here.
+
+    /var/task is read-only, so without shipped bytecode every cold start compiles
+    numpy, pydicom and Pillow from source: about 0.5 s of the first /convert.
+    Unchecked hash-based .pyc files (PEP 552) carry no timestamps, so builds stay
+    reproducible, and the import never reads the source to validate them.
+    """
+    python = runtime_python(RUNTIMES[runtime])
+    if python is None:
+        return False
+    subprocess.run(
+        [python, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
+         "-s", str(root), "-p", LAMBDA_TASK_ROOT, str(root)],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    return True
 
 
 def elf_machine(head: bytes) -> int | None:
@@ -273,6 +479,7 @@ def build_package(runtime: str, arch: str, dest: Path | None = None) -> Package:
         prune(staging)
         for path in files:
             shutil.copy2(path, staging / path.name)
+        compile_bytecode(staging, runtime)
         dest = dest or package_path(runtime, arch)
         write_zip(staging, dest)
     return describe_zip(dest)
@@ -294,6 +501,11 @@ def obtain_package(
         report.note(f"wrote {relative(package.path)}")
     check_package(package, runtime, arch)
     report.note(f"package: {package.size_text}, sha256 {package.sha256_hex[:12]}")
+    if not package.bytecode:
+        report.note(
+            f"no bytecode: no Python {RUNTIMES[runtime]} was found here to compile it, so "
+            "each cold start compiles numpy, pydicom and Pillow (about 0.5 s more)"
+        )
     if package.zipped_bytes > DIRECT_UPLOAD_LIMIT:
         report.note("over 50 MB zipped: the code goes to Lambda through S3")
     return package

@@ -1,4 +1,4 @@
-"""The transfer-syntax table: names, decodable syntaxes and codec versions."""
+"""The transfer-syntax table: names, decodable syntaxes, serving codecs and codec versions."""
 
 from __future__ import annotations
 
@@ -13,10 +13,27 @@ import pytest
 import dicom_codecs
 from tests.corpus import PROJECT
 
-PLUGIN_MODULES = ("pylibjpeg", "libjpeg", "openjpeg", "rle", "PIL", "gdcm", "jpeg_ls")
+IMAGECODECS = {
+    "jpeg": "imagecodecs._jpeg8",
+    "jpeg-ls": "imagecodecs._jpegls",
+    "j2k": "imagecodecs._jpeg2k",
+    "htj2k": "imagecodecs._htj2k",
+    "jxl": "imagecodecs._jpegxl",
+}
+PLUGIN_MODULES = (
+    *IMAGECODECS.values(),
+    "pylibjpeg",
+    "libjpeg",
+    "openjpeg",
+    "rle",
+    "PIL",
+    "gdcm",
+    "jpeg_ls",
+)
 
-# What pydicom 3's decoders need, per plugin (pydicom.pixels.decoders), written
-# out independently of the table: (modules, syntaxes they decode).
+# What each decoder needs, written out independently of the table: imagecodecs'
+# extension modules (called by frame_decoders) and pydicom 3's plugins
+# (pydicom.pixels.decoders): (modules, syntaxes they decode).
 _JPEG_8_12 = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
 _JPEG = (*_JPEG_8_12, "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70")
 _JPEG_LS = ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
@@ -24,8 +41,14 @@ _J2K = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
 _HTJ2K = ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")
 _NATIVE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99")
 _RLE = ("1.2.840.10008.1.2.5",)
+_JXL = ("1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112")
 PLUGINS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     ((), (*_NATIVE, "1.2.840.10008.1.2.2", *_RLE)),
+    ((IMAGECODECS["jpeg"],), _JPEG),
+    ((IMAGECODECS["jpeg-ls"],), _JPEG_LS),
+    ((IMAGECODECS["j2k"],), _J2K),
+    ((IMAGECODECS["htj2k"],), _HTJ2K),
+    ((IMAGECODECS["jxl"],), _JXL),
     (("pylibjpeg", "libjpeg"), _JPEG + _JPEG_LS),
     (("pylibjpeg", "openjpeg"), _J2K + _HTJ2K),
     (("pylibjpeg", "rle"), _RLE),
@@ -40,7 +63,7 @@ def test_importing_and_asking_imports_no_codec() -> None:
         "import sys, dicom_codecs\n"
         "dicom_codecs.decodable_syntaxes(); dicom_codecs.codec_versions()\n"
         "dicom_codecs.syntax_name('1.2.840.10008.1.2.4.112')\n"
-        "print(sorted(m for m in ('numpy', 'pydicom', 'PIL') if m in sys.modules))"
+        "print(sorted(m for m in ('numpy', 'pydicom', 'PIL', 'imagecodecs') if m in sys.modules))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, check=True
@@ -65,17 +88,49 @@ def test_nothing_decodes_without_pydicom_and_numpy() -> None:
     assert dicom_codecs.syntaxes_decodable_with({"pydicom", *PLUGIN_MODULES}.__contains__) == ()
 
 
-def test_decodable_syntaxes_agree_with_pydicom() -> None:
-    names = [row["name"] for row in dicom_codecs.decodable_syntaxes()]
-    assert set(names) == set(dicom_codecs.supported_syntax_names())
-    assert names[0] == "Implicit VR Little Endian"
+def test_each_syntax_names_the_codec_that_serves_it() -> None:
+    everything = {"pydicom", "numpy", *PLUGIN_MODULES}.__contains__
+    codecs = {row["uid"]: row["codec"] for row in dicom_codecs.syntaxes_decodable_with(everything)}
+    assert {codecs[uid] for uid in _JPEG} == {"libjpeg-turbo"}
+    assert {codecs[uid] for uid in _JPEG_LS} == {"CharLS"}
+    assert {codecs[uid] for uid in _J2K} == {"OpenJPEG"}
+    assert {codecs[uid] for uid in _HTJ2K} == {"OpenJPH"}
+    assert {codecs[uid] for uid in _JXL} == {"libjxl"}
+    assert codecs[_RLE[0]] == "pylibjpeg-rle"
+    assert {codecs[uid] for uid in _NATIVE} == {"pydicom"}
+    # Without imagecodecs (Python < 3.11), pydicom's pylibjpeg plugins serve.
+    older = {"pydicom", "numpy", "pylibjpeg", "libjpeg", "openjpeg"}.__contains__
+    codecs = {row["uid"]: row["codec"] for row in dicom_codecs.syntaxes_decodable_with(older)}
+    assert codecs[_JPEG[0]] == codecs[_JPEG_LS[0]] == "libjpeg"
+    assert codecs[_HTJ2K[0]] == "OpenJPEG" and codecs[_RLE[0]] == "pydicom"
+
+
+def test_decodable_syntaxes_are_what_is_installed() -> None:
+    rows = dicom_codecs.decodable_syntaxes()
+    assert rows[0] == {
+        "uid": "1.2.840.10008.1.2",
+        "name": "Implicit VR Little Endian",
+        "codec": "pydicom",
+    }
+    assert [row["name"] for row in rows] == dicom_codecs.supported_syntax_names()
+    # imagecodecs is a requirement from Python 3.11: every syntax with a decoder.
+    if sys.version_info >= (3, 11):
+        assert {row["uid"] for row in rows} == {
+            row.uid for row in dicom_codecs.SYNTAXES if row.decoders
+        }
+
+
+def test_submodules_are_found_without_importing_their_package() -> None:
+    assert dicom_codecs.is_installed("imagecodecs._jpeg8") == (sys.version_info >= (3, 11))
+    assert not dicom_codecs.is_installed("imagecodecs._no_such_codec")
+    assert not dicom_codecs.is_installed("no_such_package._jpeg8")
 
 
 def test_table_names_agree_with_pydicom_where_it_has_them() -> None:
     from pydicom.uid import UID
 
     for row in dicom_codecs.SYNTAXES:
-        if row.decoders:
+        if row.decoders and row.family != "jpeg-xl":  # pydicom 3.0 knows no JPEG XL
             assert UID(row.uid).name == row.name
             assert UID(row.uid).is_transfer_syntax
 

@@ -24,6 +24,8 @@ from dicom_converter import (
     RenderLimits,
     RenderOptions,
     Window,
+    encode,
+    reduction_factor,
     render,
     viewport_size,
 )
@@ -292,6 +294,17 @@ def test_quality_changes_jpeg_size() -> None:
     assert render(path).quality == 85
 
 
+def test_colour_jpeg_is_4_4_4_at_quality_90_unless_asked() -> None:
+    # Pillow's default 4:2:0 halves the chroma resolution; palette edges smear.
+    path = corpus_file("TestPattern_Palette.dcm")
+    result = render(path, RenderOptions(output_format="jpg"))
+    assert result.quality == 90
+    image = Image.open(io.BytesIO(result.image))
+    assert image.layer[0][1:3] == image.layer[1][1:3] == (1, 1)  # no chroma subsampling
+    assert render(path, RenderOptions(quality=60)).quality == 60
+    assert render(bundled_file("CT_small.dcm")).quality == 85  # grey keeps the default
+
+
 @pytest.mark.parametrize("bad", [0, 101, "90"])
 def test_quality_is_validated(bad: Any) -> None:
     with pytest.raises(InvalidRequest, match="quality"):
@@ -370,6 +383,133 @@ def test_float_pixel_data_renders_min_max(tmp_path: Path) -> None:
     assert out[0, 0] == 0 and out[-1, -1] == 255
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32, np.float32])
+def test_wide_frames_render_block_by_block_with_min_max(tmp_path: Path, dtype: type) -> None:
+    # More rows than one block of the wide path, with a rescale (C.11.1).
+    values = (np.arange(2100 * 600).reshape(2100, 600) % 5000).astype(dtype)
+    attrs: dict[str, Any] = {"RescaleSlope": 2, "RescaleIntercept": -3}
+    if dtype is np.float32:
+        path = write_image(tmp_path, np.zeros((2100, 600), np.uint16), **attrs)
+        from pydicom import dcmread
+
+        ds = dcmread(path)
+        del ds.PixelData, ds.HighBit, ds.PixelRepresentation
+        ds.BitsAllocated = ds.BitsStored = 32
+        values[0, :3] = [np.nan, np.inf, -np.inf]  # shown as the lowest value
+        ds.FloatPixelData = values.tobytes()
+        ds.save_as(path)
+    else:
+        path = write_image(tmp_path, values, **attrs)
+    out, result = render_png(path)
+    assert result.window.source == "min_max"
+    assert (result.window.center, result.window.width) == (4996.0, 9998.0)
+    modality = values.astype(np.float64) * 2 - 3
+    expected = np.floor(np.clip((modality + 3) / 9998, 0, 1) * 255 + 1e-6)
+    finite = np.isfinite(modality)
+    assert np.array_equal(out[finite], expected[finite])
+    assert (out[~finite] == 0).all()
+
+
+def test_a_rescale_past_the_float_range_is_refused(tmp_path: Path) -> None:
+    for dtype in (np.uint16, np.int32):
+        path = write_image(tmp_path, RAMP.astype(dtype), RescaleSlope="1e308")
+        with pytest.raises(CorruptDicom, match="RescaleSlope"):
+            render(path)
+
+
+def test_a_min_max_window_past_the_float_range_is_refused(tmp_path: Path) -> None:
+    # Each modality value is finite, their spread is not.
+    pixels = np.array([[-32768, 32767]], np.int16)
+    path = write_image(tmp_path, pixels, RescaleSlope="5e303", RescaleIntercept="0")
+    with pytest.raises(CorruptDicom, match="RescaleSlope"):
+        render(path)
+
+
+def test_pixel_budget_follows_the_function_memory(tmp_path: Path) -> None:
+    from settings import load_settings
+
+    config = tmp_path / "lambda_config.json"
+    config.write_text('{"settings": {"max_pixel_bytes": null}}')
+    lambda_1024 = {"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024"}
+    assert load_settings(environ=lambda_1024, config_path=config).max_pixel_bytes == (
+        (1024 - 100) * 2**20 // 6
+    )
+    assert load_settings(environ={}, config_path=config).max_pixel_bytes == 256 * 2**20
+    explicit = {**lambda_1024, "MAX_PIXEL_BYTES": "1000"}
+    assert load_settings(environ=explicit, config_path=config).max_pixel_bytes == 1000
+
+
+# --- Thumbnails -----------------------------------------------------------------------------
+
+
+def module_of(rows: int, columns: int, photometric: str = "MONOCHROME2", **kw: Any) -> Any:
+    from dicom_dataset import ImagePixelModule
+
+    fields = {
+        "samples_per_pixel": 1,
+        "bits_allocated": 16,
+        "bits_stored": 16,
+        "pixel_representation": 0,
+        "frames": 1,
+        "is_float": False,
+        **kw,
+    }
+    return ImagePixelModule(rows, columns, photometric_interpretation=photometric, **fields)
+
+
+def test_thumbnail_reduction_keeps_a_margin_over_the_viewport() -> None:
+    big = module_of(2400, 3000)
+    assert reduction_factor(big, RenderOptions(width=256, height=256)) == 3  # 9 // 3
+    assert reduction_factor(big, RenderOptions(width=100)) == 10
+    assert reduction_factor(big, RenderOptions(height=1000)) == 1
+    assert reduction_factor(big, RenderOptions()) == 1
+    assert reduction_factor(module_of(2400, 3000, "PALETTE COLOR"), RenderOptions(width=64)) == 1
+    assert reduction_factor(module_of(2400, 3000, is_float=True), RenderOptions(width=64)) == 1
+
+
+def test_encode_resizes_to_the_size_it_is_given() -> None:
+    image, width, height = encode(
+        np.zeros((100, 150), np.uint8), RenderOptions("png"), 85, (30, 20)
+    )
+    assert (width, height) == (30, 20) == Image.open(io.BytesIO(image)).size
+
+
+# Several syntaxes: raw dataset, native, big endian, deflated, RLE, JPEG baseline,
+# JPEG 12-bit, JPEG lossless, JPEG-LS, JPEG 2000, HTJ2K.
+THUMBNAIL_FILES = [
+    "CR-MONO1-10-chest.dcm",
+    "GH1308.dcm",
+    "US-RGB-8-epicard.dcm",
+    "image_dfl.dcm",
+    "YBR_FULL-RLE.dcm",
+    "DIRW0007.dcm",
+    "RG2_JPLY_fixed.dcm",
+    "CR-ModalitySequenceLUT.dcm",
+    "CT1_JLSN.dcm",
+    "MAROTECH_CT_JP2Lossy.dcm",
+    "HTJ2KLossless_08_RGB.dcm",
+]
+
+
+@pytest.mark.parametrize("size", [256, 64])
+@pytest.mark.parametrize("name", THUMBNAIL_FILES)
+def test_thumbnail_matches_the_full_render_scaled_down(name: str, size: int) -> None:
+    if name == "HTJ2KLossless_08_RGB.dcm" and size == 64:
+        pytest.xfail("HTJ2K at half resolution differs from the full frame (mean 6, p99 62)")
+    path = corpus_file(name)
+    full = render(path, RenderOptions("png"))
+    thumb = render(path, RenderOptions("png", width=size, height=size))
+    assert (thumb.width, thumb.height) == viewport_size(full.width, full.height, size, size)
+    scaled = Image.open(io.BytesIO(full.image)).resize(
+        (thumb.width, thumb.height), Image.Resampling.LANCZOS
+    )
+    diff = np.abs(decoded(thumb.image).astype(int) - np.asarray(scaled).astype(int))
+    assert diff.mean() <= 2 and np.percentile(diff, 99) <= 12, (
+        diff.mean(),
+        np.percentile(diff, 99),
+    )
+
+
 # --- Bad input ----------------------------------------------------------------------------
 
 
@@ -426,10 +566,10 @@ def test_deflate_bomb_is_refused_before_inflating(tmp_path: Path) -> None:
 
 def test_unsupported_transfer_syntax_is_named(tmp_path: Path) -> None:
     path = with_transfer_syntax(
-        bundled_file("SC_rgb_jpeg_dcmtk.dcm"), tmp_path / "jxl.dcm", "1.2.840.10008.1.2.4.112"
+        bundled_file("SC_rgb_jpeg_dcmtk.dcm"), tmp_path / "mpeg2.dcm", "1.2.840.10008.1.2.4.100"
     )
     with pytest.raises(
-        UnsupportedTransferSyntax, match=r"1\.2\.840\.10008\.1\.2\.4\.112 \(JPEG XL\)"
+        UnsupportedTransferSyntax, match=r"1\.2\.840\.10008\.1\.2\.4\.100 \(MPEG2 Main Profile"
     ):
         render(path)
 
@@ -441,7 +581,6 @@ def test_unsupported_transfer_syntax_is_named(tmp_path: Path) -> None:
         ("GH1308_truncated_derived.dcm", CorruptDicom),
         ("report_dfl.dcm", NoPixelData),
         ("FellowOakSquareTransp.png", NotDicom),
-        ("will-jxl.dcm", UnsupportedTransferSyntax),
     ],
 )
 def test_corpus_bad_input_gets_a_typed_error(name: str, error: type[Exception]) -> None:

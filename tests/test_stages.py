@@ -7,6 +7,7 @@ the formulas of PS3.3 C.11 and C.7, not from the code under test.
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -30,7 +31,8 @@ from dicom_converter import (
     stored_value_domain,
     to_display_bytes,
 )
-from errors import CorruptDicom, InvalidRequest
+from errors import CorruptDicom, InvalidRequest, UnsupportedImage
+from lookup_tables import LUT_DEPTHS, SegmentedLut, lut_descriptor, lut_words
 
 VALUES = np.arange(0, 1024, 8, dtype=np.int64)
 
@@ -263,7 +265,7 @@ def test_palette_16_bit_tables_are_scaled_to_8_bits() -> None:
 def test_palette_with_broken_tables_is_a_corrupt_file() -> None:
     ds = dataset(PhotometricInterpretation="PALETTE COLOR")
     ds.RedPaletteColorLookupTableDescriptor = [4, 0, 8]
-    with pytest.raises(CorruptDicom, match="palette"):
+    with pytest.raises(CorruptDicom, match="GreenPaletteColorLookupTableDescriptor"):
         apply_palette_color(np.zeros((2, 2), np.uint8), ds)
 
 
@@ -312,3 +314,144 @@ def test_colour_window_absent_returns_the_input() -> None:
 def test_display_bytes_truncate_like_dcmtk() -> None:
     out = to_display_bytes(np.array([0.0, 0.999, 1.0, 127.9999999, 254.99, 255.0]))
     assert out.tolist() == [0, 0, 1, 128, 254, 255]
+
+
+# --- LUT safety: descriptors, data and expansion (C.11.1.1.1, C.7.6.3.1.5, C.7.9.2) -------
+
+
+@pytest.mark.parametrize(
+    ("descriptor", "message"),
+    [
+        ([256], "three integers"),
+        ([256, 0], "three integers"),
+        ([256, 0, 16, 1], "three integers"),
+        ([256, 0, 24], "24 bits per entry; it must be 8 to 16"),
+        ([256, 0, 7], "7 bits per entry"),
+    ],
+)
+def test_a_bad_modality_lut_descriptor_is_a_corrupt_file(
+    descriptor: list[int], message: str
+) -> None:
+    item = lut_item(descriptor, list(range(256)))
+    with pytest.raises(CorruptDicom, match=message):
+        apply_modality_lut(VALUES, dataset(ModalityLUTSequence=Sequence([item])))
+
+
+def test_a_descriptor_of_0_entries_means_65536() -> None:
+    assert lut_descriptor([0, 0, 16], "d", LUT_DEPTHS) == (65536, 0, 16)
+    # Read as SS (signed pixel data), a count over 32,767 is negative.
+    assert lut_descriptor([-28672, -2048, 12], "d", LUT_DEPTHS) == (36864, -2048, 12)
+
+
+def test_lut_data_must_be_integers() -> None:
+    item = Dataset()
+    item.LUTDescriptor = [2, 0, 8]
+    item.add_new(0x00283006, "LO", ["abc", "def"])
+    with pytest.raises(CorruptDicom, match="LUT Data must hold integers"):
+        apply_voi_lut(VALUES, dataset(VOILUTSequence=Sequence([item])))
+    with pytest.raises(CorruptDicom, match="must hold integers"):
+        lut_words([1.5, 2.5], "LUT Data", True)
+    with pytest.raises(CorruptDicom, match="odd length"):
+        lut_words(b"\x01\x02\x03", "LUT Data", True)
+
+
+def test_a_lut_item_without_data_is_a_corrupt_file() -> None:
+    item = Dataset()
+    item.LUTDescriptor = [2, 0, 8]
+    with pytest.raises(CorruptDicom, match="no LUT Data"):
+        apply_modality_lut(VALUES, dataset(ModalityLUTSequence=Sequence([item])))
+
+
+def test_a_rescale_that_overflows_is_a_corrupt_file_naming_the_attribute() -> None:
+    with pytest.raises(CorruptDicom, match="RescaleSlope and RescaleIntercept"):
+        apply_modality_lut(VALUES, dataset(RescaleSlope=1e308))
+    # NaN stored in a float map is not the rescale's doing: it passes through.
+    floats = np.array([1.0, np.nan], np.float32)
+    assert np.isnan(apply_modality_lut(floats, dataset(RescaleSlope=2))[1])
+
+
+def test_a_non_finite_window_is_refused() -> None:
+    with pytest.raises(CorruptDicom, match="not finite"):
+        apply_voi_lut(VALUES, Dataset(), AppliedWindow(0.0, math.inf, "LINEAR", "min_max"))
+
+
+def test_min_max_over_the_float_range_is_refused() -> None:
+    ds = dataset(RescaleSlope="5e303")
+    frame = np.array([[-32768, 32767]], np.int16)
+    with pytest.raises(CorruptDicom, match="RescaleSlope"):
+        grayscale_display_lut(ds, frame, RenderOptions())
+
+
+def segmented(words: list[int]) -> bytes:
+    return struct.pack(f"<{len(words)}H", *words)
+
+
+def test_segments_expand_as_c_7_9_2_describes() -> None:
+    # Discrete 0, 10; linear to 50 over 4; indirect: copy the first 2 segments again.
+    words = [0, 2, 0, 10, 1, 4, 50, 2, 2, 0, 0]
+    assert SegmentedLut(words, None).expand() == [0, 10, 20, 30, 40, 50, 0, 10, 20, 30, 40, 50]
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        ([0, 1, 0] + [1, 65535, 65535] * 2, "past 65536 entries"),
+        ([1, 4, 50], "starts with a linear segment"),
+        ([0, 1, 7, 2, 1, 3, 0], "too many segments"),  # an indirect segment copying itself
+        ([0, 1, 7, 9, 1, 7], "invalid segment"),  # unknown opcode
+    ],
+)
+def test_bad_segments_are_refused_quickly(words: list[int], message: str) -> None:
+    with pytest.raises(CorruptDicom, match=message):
+        SegmentedLut(words, None).expand()
+
+
+def test_a_segmented_palette_bomb_is_refused_before_it_expands() -> None:
+    ds = dataset(PhotometricInterpretation="PALETTE COLOR")
+    bomb = segmented([0, 1, 0] + [1, 65535, 65535, 1, 65535, 0] * 90)  # 1.1 KB
+    for colour in ("Red", "Green", "Blue"):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [0, 0, 16])
+        setattr(ds, f"Segmented{colour}PaletteColorLookupTableData", bomb)
+    with pytest.raises(CorruptDicom, match="past 65536 entries"):
+        apply_palette_color(np.zeros((2, 2), np.uint16), ds)
+
+
+def test_mismatched_palette_descriptors_are_a_corrupt_file() -> None:
+    ds = palette_dataset(8, [0, 1], [0, 1], [0, 1])
+    ds.BluePaletteColorLookupTableDescriptor = [2, 1, 8]
+    with pytest.raises(CorruptDicom, match="must be identical"):
+        apply_palette_color(np.zeros((2, 2), np.uint8), ds)
+
+
+def test_palette_data_shorter_than_its_descriptor_is_a_corrupt_file() -> None:
+    ds = palette_dataset(8, [0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3])
+    ds.RedPaletteColorLookupTableDescriptor = [400, 0, 8]
+    ds.GreenPaletteColorLookupTableDescriptor = ds.BluePaletteColorLookupTableDescriptor = [
+        400,
+        0,
+        8,
+    ]
+    with pytest.raises(CorruptDicom, match="400 entries"):
+        apply_palette_color(np.zeros((2, 2), np.uint8), ds)
+
+
+def test_palette_values_outside_the_table_take_its_ends() -> None:
+    ds = palette_dataset(8, [10, 20, 30, 40], [0] * 4, [0] * 4)
+    for colour in ("Red", "Green", "Blue"):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [4, 100, 8])
+    out = apply_palette_color(np.array([[0, 99, 100, 103, 104, 255]], np.uint8), ds)
+    assert out[0, :, 0].tolist() == [10, 10, 10, 40, 40, 40]
+
+
+def test_an_alpha_palette_is_ignored() -> None:
+    ds = palette_dataset(8, [0, 10, 20, 30], [0] * 4, [0] * 4)
+    ds.add_new(0x00281204, "OW", bytes([255, 0, 255, 0]))  # Alpha Palette Color LUT Data
+    out = apply_palette_color(np.array([[0, 3]], np.uint8), ds)
+    assert out.shape == (1, 2, 3) and out[0, :, 0].tolist() == [0, 30]
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.float32])
+def test_palette_indices_wider_than_16_bits_are_unsupported(dtype: type) -> None:
+    ds = palette_dataset(8, [0, 1], [0, 1], [0, 1])
+    with pytest.raises(UnsupportedImage, match="at most 16 bits"):
+        apply_palette_color(np.zeros((2, 2), dtype), ds)

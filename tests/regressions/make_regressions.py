@@ -1,8 +1,9 @@
-"""Make the files that once crashed the renderer, from pydicom's bundled files.
+"""Make the files that once crashed the renderer or ran away with its memory.
 
-Each file here was found by tests/test_fuzz_files.py and reduced to one small
-mutation of a bundled file. The files are committed; this script says exactly
-how each was made and remakes them:
+Most were found by tests/test_fuzz_files.py and reduced to one small mutation
+of a bundled pydicom file; the lookup-table files are 8 x 8 images built here,
+each with one fault in its LUT. The files are committed; this script says
+exactly how each was made and remakes them:
 
     .venv/bin/python tests/regressions/make_regressions.py
 
@@ -11,6 +12,7 @@ tests/test_regressions.py renders every one and checks the typed error it gets.
 
 from __future__ import annotations
 
+import io
 import random
 import struct
 import sys
@@ -18,6 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import ExplicitVRLittleEndian
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
@@ -105,6 +110,100 @@ def offset_table_past_end() -> bytes:
     return bytes(data)
 
 
+# Lookup-table files, built from scratch: each is a small image whose only fault
+# is in its LUT (PS3.3 C.7.6.3.1.5 palettes, C.7.9.2 segments, C.11 Modality/VOI).
+
+
+def small_image(photometric: str, bits: int = 8, **attrs: object) -> Dataset:
+    """An 8 x 8 native image with a ramp of stored values."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "OT"
+    ds.Rows = ds.Columns = 8
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = struct.pack(f"<64{ {8: 'B', 16: 'H', 32: 'I'}[bits] }", *range(0, 256, 4))
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def with_palette(ds: Dataset, descriptor: list[int], data: bytes | None = None) -> Dataset:
+    """Red, Green and Blue palette tables: one descriptor, and plain 8-bit data."""
+    for colour, tag in (("Red", 0x00281201), ("Green", 0x00281202), ("Blue", 0x00281203)):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", descriptor)
+        if data is not None:
+            ds.add_new(tag, "OW", data)
+    return ds
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def segmented_lut_bomb() -> bytes:
+    # 1.1 KB of C.7.9.2 linear segments, each 65,535 entries long: 12 million
+    # entries per colour, which pydicom expanded into lists of Python ints.
+    words = [0, 1, 0] + [1, 65535, 65535, 1, 65535, 0] * 90
+    segments = struct.pack(f"<{len(words)}H", *words)
+    ds = with_palette(small_image("PALETTE COLOR"), [0, 0, 16])
+    for tag in (0x00281221, 0x00281222, 0x00281223):  # Segmented R, G, B LUT Data
+        ds.add_new(tag, "OW", segments)
+    return to_bytes(ds)
+
+
+def palette_descriptor_one_value() -> bytes:
+    ds = with_palette(small_image("PALETTE COLOR"), [256, 0, 8], bytes(range(256)))
+    ds.RedPaletteColorLookupTableDescriptor = 256
+    return to_bytes(ds)
+
+
+def palette_descriptor_24_bits() -> bytes:
+    return to_bytes(with_palette(small_image("PALETTE COLOR"), [256, 0, 24], bytes(768)))
+
+
+def modality_lut_descriptor_one_value() -> bytes:
+    item = Dataset()
+    item.LUTDescriptor = [256]
+    item.add_new(0x00283006, "US", list(range(256)))  # LUT Data
+    return to_bytes(small_image("MONOCHROME2", ModalityLUTSequence=DicomSequence([item])))
+
+
+def lut_data_not_numbers() -> bytes:
+    # VOI LUT Data written with VR LO: pydicom reads text, which the LUT indexed.
+    item = Dataset()
+    item.LUTDescriptor = [256, 0, 8]
+    item.add_new(0x00283006, "LO", ["abc", "def"])
+    return to_bytes(small_image("MONOCHROME2", VOILUTSequence=DicomSequence([item])))
+
+
+def palette_32_bit() -> bytes:
+    # A 32-bit index makes pydicom's palette domain 2^32 entries.
+    return to_bytes(with_palette(small_image("PALETTE COLOR", 32), [256, 0, 8], bytes(range(256))))
+
+
+def palette_alpha() -> bytes:
+    # An Alpha Palette Color LUT made the palette RGBA; the output is RGB.
+    ds = with_palette(small_image("PALETTE COLOR"), [256, 0, 8], bytes(range(256)))
+    ds.add_new(0x00281204, "OW", bytes(255 - v for v in range(256)))
+    return to_bytes(ds)
+
+
+def rescale_slope_overflow() -> bytes:
+    # Stored values of 2 and more times 1e308 overflow to infinity.
+    return to_bytes(small_image("MONOCHROME2", 16, RescaleSlope="1e308", RescaleIntercept="0"))
+
+
 MAKERS: dict[str, Callable[[], bytes]] = {
     "deflated_truncated.dcm": deflated_truncated,
     "rle_segment_panic.dcm": rle_segment_panic,
@@ -114,6 +213,14 @@ MAKERS: dict[str, Callable[[], bytes]] = {
     "multivalued_transfer_syntax.dcm": multivalued_transfer_syntax,
     "no_photometric_interpretation.dcm": no_photometric_interpretation,
     "offset_table_past_end.dcm": offset_table_past_end,
+    "segmented_lut_bomb.dcm": segmented_lut_bomb,
+    "palette_descriptor_one_value.dcm": palette_descriptor_one_value,
+    "palette_descriptor_24_bits.dcm": palette_descriptor_24_bits,
+    "modality_lut_descriptor_one_value.dcm": modality_lut_descriptor_one_value,
+    "lut_data_not_numbers.dcm": lut_data_not_numbers,
+    "palette_32_bit.dcm": palette_32_bit,
+    "palette_alpha.dcm": palette_alpha,
+    "rescale_slope_overflow.dcm": rescale_slope_overflow,
 }
 
 
