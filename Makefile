@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench clean
+.PHONY: test demo serve lint bench bench-codecs bench-cold-start clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10+ is required")'
@@ -19,12 +19,24 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python demo.py
 
+# The local API with the playground page (GET /) and the sample, until Ctrl-C.
+serve: $(STAMP)
+	$(BIN)/python demo.py --serve
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_render.py
+
+# Codec targets (README, Performance): against dcmtk, every syntax, thumbnails, peak RSS.
+bench-codecs: $(STAMP)
+	$(BIN)/python bench/bench_codecs.py --repeat 9
+
+# Cold start from the built python3.12 package, run as the Lambda runtime runs it.
+bench-cold-start: $(STAMP)
+	$(BIN)/python bench/bench_cold_start.py --runs 9 --runtime python3.12
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

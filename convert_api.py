@@ -16,12 +16,14 @@ handler (``lambda_function``) brings the fields and carries the documents.
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import errors
+from dicom_codecs import syntax_name
 from errors import InvalidRequest
 from settings import Settings
 from url_policy import STORAGE_TYPES
@@ -173,9 +175,13 @@ def _number(fields: Mapping[str, Any], name: str) -> float | None:
     try:
         if isinstance(value, bool):
             raise ValueError
-        return float(value)
-    except (TypeError, ValueError) as exc:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidRequest(f"{name} must be a number, got {shown_value(value)}") from exc
+    if not math.isfinite(number):
+        # "nan" and "inf" parse as floats, and 1e999 in JSON as infinity.
+        raise InvalidRequest(f"{name} must be a finite number, got {shown_value(value)}")
+    return number
 
 
 def _boolean(fields: Mapping[str, Any], name: str, default: bool) -> bool:
@@ -284,6 +290,7 @@ def success_document(
             "format": info.pop("format"),
             "quality": info.pop("quality"),
             **info,
+            "transfer_syntax_name": syntax_name(result.transfer_syntax),
         }
     )
     return {

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -117,7 +118,7 @@ def post_json(url: str, document: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 
 def main() -> int:
     sample = sample_path()
-    env = {**os.environ, "ALLOWED_HOSTS": "127.0.0.1"}
+    env = {**os.environ, "ALLOWED_HOSTS": "127.0.0.1:*"}
     with serve_file(sample) as dicom_url, local_api(env) as api:
         print(f"sample:    {sample} served at {dicom_url}")
         print(f"local API: {api} (REST API events)")
@@ -133,8 +134,26 @@ def main() -> int:
     print("response metadata:")
     summary = {k: v for k, v in document.items() if k != "data"}
     print(json.dumps({**summary, "data": data}, indent=2))
+    print("playground: run `make serve` and open the address it prints")
+    return 0
+
+
+def serve() -> int:
+    """``make serve``: the local API with the playground page, until Ctrl-C."""
+    sample = sample_path()
+    env = {**os.environ, "ALLOWED_HOSTS": "127.0.0.1:*"}
+    with serve_file(sample) as dicom_url, local_api(env) as api:
+        print(f"playground: {api}/")
+        print(f"sample URL to paste: {dicom_url}")
+        print(f"or open:    {api}/?url={urllib.parse.quote(dicom_url, safe='')}")
+        print("Ctrl-C stops both servers.")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve() if sys.argv[1:] == ["--serve"] else main())

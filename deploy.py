@@ -33,9 +33,11 @@ from deployment.options import (
     APIS,
     FUNCTION_URL_MODES,
     LOG_LEVELS,
+    OPEN_FETCHER_WARNING,
     Options,
     build_options,
     defaults_text,
+    open_fetcher,
 )
 from deployment.package import ARCHITECTURES, RUNTIMES, Package, obtain_package
 from deployment.permissions import SID_HTTP, SID_REST, Permissions
@@ -83,6 +85,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--watch-suffixes", metavar="S1,S2", help="only keys ending so count, e.g. .dcm"
     )
     parser.add_argument("--api-key", action="store_true", help="REST API: require an API key")
+    parser.add_argument(
+        "--throttle-rate",
+        type=float,
+        metavar="N",
+        help="requests per second the API stage admits (default 10)",
+    )
+    parser.add_argument(
+        "--throttle-burst", type=int, metavar="N", help="burst the API stage admits (default 20)"
+    )
+    parser.add_argument(
+        "--reserved-concurrency",
+        type=int,
+        metavar="N",
+        help="most copies of the function that run at once (caps what a flood costs)",
+    )
     parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS)
     parser.add_argument("--profile", help="AWS named profile")
     parser.add_argument("--endpoint-url", help="send every AWS call to this endpoint")
@@ -172,7 +189,7 @@ def ensure_api(
 ) -> Endpoints:
     """The chosen API; an API of the other kind that deploy.py made is removed."""
     rest = RestApiUnit(ctx, report, options, permissions)
-    http = HttpApiUnit(ctx, report, permissions)
+    http = HttpApiUnit(ctx, report, permissions, (options.throttle_rate, options.throttle_burst))
     reason = f"--api {options.api} was chosen"
     if options.api != "rest" and rest.remove(reason):
         permissions.remove(SID_REST, REST_PERMISSION)
@@ -208,7 +225,13 @@ def print_summary(
             f"s3://{o.output_bucket or o.watch_bucket}/{o.output_prefix}"
         )
     print(f"  package:      {package.size_text}")
+    if o.api != "none":
+        print(f"  throttling:   {o.throttle_rate:g} requests/s, burst {o.throttle_burst}")
+    if o.reserved_concurrency is not None:
+        print(f"  concurrency:  at most {o.reserved_concurrency} at once (reserved)")
     print_try_it(o, deployment)
+    if open_fetcher(o):
+        print(f"warning: {OPEN_FETCHER_WARNING}")
 
 
 def print_try_it(o: Options, deployment: Deployment) -> None:

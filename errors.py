@@ -36,6 +36,15 @@ class InvalidUrl(InvalidRequest):
     code = "invalid_url"
 
 
+class SourceNotConfigured(InvalidRequest):
+    """The URL names a source this deployment is not set up to read (R2 without keys).
+
+    A 4xx: the caller can send another URL; the operator may add the source.
+    """
+
+    code = "source_not_configured"
+
+
 class Forbidden(ServiceError):
     """The source refused access, or the URL policy blocks the target."""
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import ftplib
+import ipaddress
 import logging
 import secrets
 import shutil
@@ -51,6 +52,7 @@ from errors import (
     InvalidUrl,
     NotFound,
     ServiceError,
+    SourceNotConfigured,
     TooLarge,
     UpstreamError,
     UpstreamTimeout,
@@ -663,23 +665,38 @@ def _ssl_context(bundle: str | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=bundle or None)
 
 
+def _reply_code(exc: BaseException) -> str:
+    """The three-digit code of an FTP reply; its text is the server's, never repeated."""
+    code = str(exc).strip()[:3]
+    return code if len(code) == 3 and code.isdigit() else "an unreadable reply"
+
+
 def _ftp_error(exc: BaseException, url: str, limits: Limits) -> Exception:
-    reply = str(exc).strip()[:120]
+    code = _reply_code(exc)
     if limits.remaining() <= 0 and not isinstance(exc, (ftplib.error_perm, ftplib.error_temp)):
         # The watchdog cut the connection; whatever broke, the deadline is the cause.
         return limits.deadline_error(url)
     if isinstance(exc, ftplib.error_perm):
-        if reply.startswith("550"):
-            return NotFound(f"the FTP server has no file at {shown_url(url)} ({reply})")
-        if reply.startswith(("530", "532")):
-            return Forbidden(
-                f"the FTP server refused the login for {shown_url(url)} ({reply}); check the "
-                "user name and password in the URL"
+        if code == "550":
+            return NotFound(
+                f"the FTP server has no file at {shown_url(url)} (reply 550); check the path"
             )
-        return UpstreamError(f"the FTP server answered {reply} for {shown_url(url)}")
+        if code in ("530", "532"):
+            return Forbidden(
+                f"the FTP server refused the login for {shown_url(url)} (reply {code}); check "
+                "the user name and password in the URL"
+            )
+        return UpstreamError(
+            f"the FTP server refused the transfer of {shown_url(url)} (reply {code})"
+        )
     if isinstance(exc, ftplib.error_temp):
         # 4xx FTP replies are transient by definition (RFC 959).
-        return _Retry(UpstreamError(f"the FTP server answered {reply} for {shown_url(url)}"))
+        return _Retry(
+            UpstreamError(
+                f"the FTP server could not serve {shown_url(url)} for now (reply {code}); "
+                "try again later"
+            )
+        )
     if isinstance(exc, TimeoutError):
         return limits.timeout_error(url, "read")
     if isinstance(exc, ssl.SSLError):
@@ -725,6 +742,7 @@ class FtpDownloader(Downloader):
                 _ftp_connect(ftp, endpoint, limits, url)
                 watchdog.watch(ftp.sock)
                 _ftp_login(ftp, request, limits, url)
+                _guard_data_port(ftp, self.policy)
                 self._retrieve(ftp, request, dest, limits, url, watchdog)
         except ftplib.all_errors as exc:
             raise _ftp_error(exc, url, limits) from _safe_cause(exc, url)
@@ -776,6 +794,23 @@ def _ftp_login(ftp: ftplib.FTP, request: FtpTarget, limits: Limits, url: str) ->
         ftp.prot_p()
     ftp.set_pasv(True)
     ftp.voidcmd("TYPE I")
+
+
+def _guard_data_port(ftp: ftplib.FTP, policy: UrlPolicy) -> None:
+    """Refuse a PASV reply whose port is the Lambda Runtime API's.
+
+    ftplib keeps the control connection's peer as the data address, but the port is
+    the server's choice: a hostile server on an admitted loopback address could name
+    the Runtime API's port.
+    """
+    chosen = ftp.makepasv
+
+    def makepasv() -> tuple[str, int]:
+        host, port = chosen()
+        policy.check_data_port(ipaddress.ip_address(host.split("%", 1)[0]), port)
+        return host, port
+
+    ftp.makepasv = makepasv  # type: ignore[method-assign]
 
 
 def _ftp_size(ftp: ftplib.FTP, path: str) -> int | None:
@@ -839,9 +874,9 @@ class R2Downloader(S3Downloader):
     def _client(self, location: ObjectLocation) -> Any:
         key_id, secret = self.options.r2_access_key_id, self.options.r2_secret_access_key
         if not key_id or not secret:
-            raise ConfigurationError(
-                "R2 URLs need R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY in the function's "
-                "environment"
+            raise SourceNotConfigured(
+                "this deployment does not read R2: it has no R2 keys (R2_ACCESS_KEY_ID, "
+                "R2_SECRET_ACCESS_KEY); send an S3, FTP or HTTP(S) URL, or a presigned R2 URL"
             )
         config = self.options.s3_config()
         return s3_store.client(config, "auto", location.endpoint_url, (key_id, secret))

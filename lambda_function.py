@@ -54,6 +54,7 @@ from convert_api import (
     urls_field,
 )
 from errors import (
+    ConfigurationError,
     InvalidRequest,
     MethodNotAllowed,
     NotificationFailed,
@@ -82,6 +83,7 @@ _STARTED = time.monotonic()
 _cold = True
 
 ROUTES: dict[str, tuple[str, ...]] = {
+    "/": ("GET",),
     "/convert": ("GET", "POST", "OPTIONS"),
     "/health": ("GET", "OPTIONS"),
 }
@@ -132,20 +134,30 @@ def parse_event(event: Any) -> Incoming:
 
 def _from_rest(event: Mapping[str, Any]) -> Incoming:
     """API Gateway REST API, and HTTP API with payload format 1.0."""
-    context = _mapping(event.get("requestContext"))
-    headers = _lower_headers(event.get("multiValueHeaders"), event.get("headers"))
-    multi = event.get("multiValueQueryStringParameters")
-    if isinstance(multi, Mapping):
-        query = tuple((k, str(v)) for k, values in multi.items() for v in (values or []))
+    context = _optional(event, "requestContext", Mapping) or {}
+    headers = _lower_headers(
+        _optional(event, "multiValueHeaders", Mapping), _optional(event, "headers", Mapping)
+    )
+    multi = _optional(event, "multiValueQueryStringParameters", Mapping)
+    if multi is not None:
+        query = tuple(
+            (name, value)
+            for name, values in multi.items()
+            for value in _strings(values, f"multiValueQueryStringParameters.{name!s:.40}")
+        )
     else:
-        query = tuple((k, str(v)) for k, v in (event.get("queryStringParameters") or {}).items())
+        single = _optional(event, "queryStringParameters", Mapping) or {}
+        query = tuple(
+            (name, _string(value, f"queryStringParameters.{name!s:.40}"))
+            for name, value in single.items()
+        )
     return Incoming(
         kind="rest",
-        method=str(event.get("httpMethod") or "GET").upper(),
-        path=route_path(str(event.get("path") or "/"), context.get("stage")),
+        method=(_optional(event, "httpMethod", str) or "GET").upper(),
+        path=route_path(_optional(event, "path", str) or "/", context.get("stage")),
         headers=headers,
         query=query,
-        body=_body_bytes(event.get("body"), bool(event.get("isBase64Encoded"))),
+        body=_body_bytes(event.get("body"), _base64_flag(event)),
     )
 
 
@@ -153,18 +165,23 @@ def _from_http_v2(event: Mapping[str, Any]) -> Incoming:
     """HTTP API (payload format 2.0) and Lambda Function URLs, which share the shape."""
     context = event["requestContext"]
     domain = str(context.get("domainName") or "")
-    raw_query = event.get("rawQueryString")
-    if isinstance(raw_query, str):
+    raw_query = _optional(event, "rawQueryString", str)
+    if raw_query is not None:
         query = tuple(parse_qsl(raw_query, keep_blank_values=True))
     else:
-        query = tuple((k, str(v)) for k, v in (event.get("queryStringParameters") or {}).items())
+        single = _optional(event, "queryStringParameters", Mapping) or {}
+        query = tuple(
+            (name, _string(value, f"queryStringParameters.{name!s:.40}"))
+            for name, value in single.items()
+        )
+    method = _optional(context["http"], "method", str, "requestContext.http.method")
     return Incoming(
         kind="url" if ".lambda-url." in domain else "http",
-        method=str(context["http"].get("method") or "GET").upper(),
-        path=route_path(str(event.get("rawPath") or "/"), context.get("stage")),
-        headers=_lower_headers(None, event.get("headers")),
+        method=(method or "GET").upper(),
+        path=route_path(_optional(event, "rawPath", str) or "/", context.get("stage")),
+        headers=_lower_headers(None, _optional(event, "headers", Mapping)),
         query=query,
-        body=_body_bytes(event.get("body"), bool(event.get("isBase64Encoded"))),
+        body=_body_bytes(event.get("body"), _base64_flag(event)),
     )
 
 
@@ -182,16 +199,17 @@ def _from_direct(event: Mapping[str, Any]) -> Incoming:
             raise InvalidRequest(f"action must be 'health' or 'convert', got {shown_value(action)}")
         route = f"/{action}"
     elif path is not None:
-        route = route_path(str(path), None)
+        route = route_path(_string(path, "path"), None)
     else:
         route = "/convert"
     body = fields.pop("body", None)
+    is_base64 = _base64_flag(fields)
+    fields.pop("isBase64Encoded", None)
     if body is not None and not fields.get("url"):
         if isinstance(body, Mapping):
             fields = {**fields, **body}
         else:
-            raw = _body_bytes(body, bool(fields.pop("isBase64Encoded", False)))
-            fields = {**fields, **json_fields(raw)}
+            fields = {**fields, **json_fields(_body_bytes(body, is_base64))}
     return Incoming(
         kind="direct",
         method="GET" if route == "/health" else "POST",
@@ -203,18 +221,61 @@ def _from_direct(event: Mapping[str, Any]) -> Incoming:
     )
 
 
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+# What each JSON type is called in a message about an event field of the wrong type.
+_TYPE_NAMES = {str: "a string", Mapping: "an object", list: "an array", bool: "true or false"}
 
 
-def _lower_headers(multi: Any, single: Any) -> dict[str, str]:
+def _optional(event: Mapping[str, Any], name: str, kind: type, shown: str = "") -> Any:
+    """``event[name]`` when absent, null or of type ``kind``; else a 400 naming the field.
+
+    API Gateway never sends another type, but a direct invoke can send anything.
+    """
+    value = event.get(name)
+    if value is None or isinstance(value, kind):
+        return value
+    raise InvalidRequest(
+        f"event field {shown or name} must be {_TYPE_NAMES[kind]} or null, got {_json_type(value)}"
+    )
+
+
+def _string(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequest(f"event field {name} must be a string, got {_json_type(value)}")
+    return value
+
+
+def _strings(values: Any, name: str) -> list[str]:
+    if values is None:
+        return []
+    if not isinstance(values, list):
+        raise InvalidRequest(
+            f"event field {name} must be an array of strings, got {_json_type(values)}"
+        )
+    return [_string(value, name) for value in values]
+
+
+def _base64_flag(event: Mapping[str, Any]) -> bool:
+    return bool(_optional(event, "isBase64Encoded", bool))
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a value's type (never the value: it may be anything)."""
+    for kind, name in ((bool, "a boolean"), (str, "a string"), (Mapping, "an object")):
+        if isinstance(value, kind):
+            return name
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "an array" if isinstance(value, (list, tuple)) else "null"
+
+
+def _lower_headers(
+    multi: Mapping[str, Any] | None, single: Mapping[str, Any] | None
+) -> dict[str, str]:
     headers: dict[str, str] = {}
-    if isinstance(multi, Mapping):
-        for name, values in multi.items():
-            headers[str(name).lower()] = ", ".join(str(v) for v in (values or []))
-    if isinstance(single, Mapping):
-        for name, value in single.items():
-            headers.setdefault(str(name).lower(), str(value))
+    for name, values in (multi or {}).items():
+        headers[str(name).lower()] = ", ".join(_strings(values, f"multiValueHeaders.{name!s:.40}"))
+    for name, value in (single or {}).items():
+        headers.setdefault(str(name).lower(), _string(value, f"headers.{name!s:.40}"))
     return headers
 
 
@@ -242,7 +303,7 @@ def route_path(path: str, stage: Any) -> str:
     put one extra leading segment (the stage or base path) in front of the route.
     """
     segments = [s for s in path.split("/") if s]
-    if stage and stage != "$default" and segments[:1] == [str(stage)] and len(segments) > 1:
+    if stage and stage != "$default" and segments[:1] == [str(stage)]:
         segments = segments[1:]
     if len(segments) == 2 and f"/{segments[1]}" in ROUTES:
         segments = segments[1:]
@@ -330,6 +391,7 @@ class Response:
     image: bytes | None = None
     media_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
+    text: str | None = None  # the playground page
 
 
 def error_response(exc: BaseException, request_id: str) -> Response:
@@ -384,6 +446,13 @@ def to_result(response: Response, kind: str, request_id: str) -> dict[str, Any]:
         "Cache-Control": "no-store",
         **response.headers,
     }
+    if response.text is not None:
+        return {
+            "statusCode": response.status,
+            "headers": headers,
+            "body": response.text,
+            "isBase64Encoded": False,
+        }
     if response.image is not None:
         body = base64.b64encode(response.image).decode("ascii")
         return {
@@ -403,14 +472,23 @@ def to_result(response: Response, kind: str, request_id: str) -> dict[str, Any]:
     return {
         "statusCode": response.status,
         "headers": headers,
-        "body": json.dumps(response.document, separators=(",", ":")),
+        "body": strict_json(response.document),
         "isBase64Encoded": False,
     }
 
 
+def strict_json(value: Any) -> str:
+    """JSON as RFC 8259 defines it: a NaN or infinity is an error, never ``NaN``.
+
+    Python's default writes ``NaN``, which strict parsers (browsers' JSON.parse,
+    Go, Java) refuse, so one bad number would break the whole answer for them.
+    """
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
 def result_size(result: dict[str, Any]) -> int:
     """Bytes of the serialised Lambda result, which is what the payload limit counts."""
-    return len(json.dumps(result, separators=(",", ":")).encode("utf-8"))
+    return len(strict_json(result).encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------
@@ -528,6 +606,8 @@ def deliver(
         )
     else:
         inline = Response(200, success_document(result, request_id))
+    # A rendered medical image is the caller's alone: never for shared caches by default.
+    inline.headers["Cache-Control"] = settings.cache_control
     size = result_size(to_result(inline, kind, request_id))
     log.sizes["response_bytes"] = size
     if size <= settings.max_response_bytes:
@@ -605,11 +685,21 @@ def handle_notification(
     """Convert what an S3 notification names; answer in the shape its source expects."""
     log.fields["event_type"] = kind
     try:
-        settings = ready_settings(settings)
+        settings = ready_settings(settings, caller_facing=False)
         deadline = bulk.Deadline.after(_remaining_seconds(context))
         result, outcomes = notifications.handle(kind, event, settings, deadline, log.request_id)
+    except ServiceError as exc:
+        log.fields["error"] = exc.message
+        if exc.status >= 500:
+            log.emit(exc.status, started)
+            raise
+        # A malformed event fails the same way on every retry: answer, do not raise.
+        document = error_document(exc, log.request_id)
+        log.fields["code"] = exc.code
+        log.emit(exc.status, started)
+        return document
     except Exception as exc:
-        log.fields["error"] = exc.message if isinstance(exc, ServiceError) else type(exc).__name__
+        log.fields["error"] = type(exc).__name__
         log.emit(500, started)
         raise
     counts = notifications.count_outcomes(outcomes)
@@ -624,6 +714,15 @@ def handle_notification(
 # ---------------------------------------------------------------------------
 # The handler
 # ---------------------------------------------------------------------------
+
+
+def playground_page() -> Response:
+    """GET /: the page to try the API with (playground.py)."""
+    import playground
+    from dicom_converter import PRESETS
+
+    text, headers = playground.page(tuple(PRESETS))
+    return Response(200, media_type="text/html; charset=utf-8", headers=headers, text=text)
 
 
 def route(
@@ -643,20 +742,40 @@ def route(
         return preflight(incoming, settings)
     if incoming.path == "/health":
         return health(request_id, settings)
+    if incoming.path == "/":
+        return playground_page()
     return convert(incoming, request_id, settings, context, log)
 
 
 def request_id_of(event: Any, context: Any) -> str:
     value = getattr(context, "aws_request_id", None)
     if not value and isinstance(event, Mapping):
-        value = _mapping(event.get("requestContext")).get("requestId")
+        context_value = event.get("requestContext")
+        if isinstance(context_value, Mapping):
+            value = context_value.get("requestId")
     return str(value) if value else str(uuid.uuid4())
 
 
-def ready_settings(settings: Settings | None) -> Settings:
-    """The settings to use (the environment's unless given), checked for triggers too."""
+def ready_settings(settings: Settings | None, caller_facing: bool = True) -> Settings:
+    """The settings to use (the environment's unless given), checked for triggers too.
+
+    ``caller_facing``: the answer goes to whoever called the URL, not to the operator
+    (whose S3 events see the detailed message in the Lambda error).
+    """
     settings = settings or get_settings()
-    bulk.check_settings(settings)
+    try:
+        bulk.check_settings(settings)
+    except ServiceError as exc:
+        if not caller_facing:
+            raise
+        # Those messages quote bucket names, prefixes and views to the operator; a
+        # caller gets the names of the settings only, the log line the details.
+        logger.error("invalid trigger settings", extra={"fields": {"error": exc.message}})
+        raise ConfigurationError(
+            "settings WATCH_BUCKET, WATCH_PREFIX, WATCH_SUFFIXES, OUTPUT_BUCKET, "
+            "OUTPUT_PREFIX, TRIGGER_WINDOW or TRIGGER_PRESET are invalid together; the "
+            "function's log says which"
+        ) from None
     set_log_level(settings.log_level)
     return settings
 
@@ -708,8 +827,22 @@ def _handle(
             )
     if kind != "direct":
         response.headers.update(cors_headers(origin, _settings_or_none(settings)))
-    log.emit(response.status, started)
-    return to_result(response, kind, request_id)
+    result = _serialisable(response, kind, request_id)
+    log.emit(result.get("statusCode", response.status), started)
+    return result
+
+
+def _serialisable(response: Response, kind: str, request_id: str) -> dict[str, Any]:
+    """The Lambda result, checked to be strict JSON (a 500 if a NaN slipped in)."""
+    try:
+        result = to_result(response, kind, request_id)
+        if kind == "direct":
+            # The runtime serialises a direct answer itself, and would write NaN.
+            strict_json(result)
+        return result
+    except ValueError:
+        logger.error("the answer holds a value JSON cannot carry (NaN or infinity)")
+        return to_result(error_response(RuntimeError(), request_id), kind, request_id)
 
 
 def _settings_or_none(settings: Settings | None) -> Settings | None:
@@ -729,7 +862,7 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
 def _check_settings_at_start() -> None:
     """Validate settings in the init phase so a bad deployment says so in the first log line."""
     try:
-        ready_settings(None)
+        ready_settings(None, caller_facing=False)
     except ServiceError as exc:
         logger.error("invalid configuration", extra={"fields": {"error": exc.message}})
 

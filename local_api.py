@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import re
 import sys
 import time
 import uuid
@@ -32,6 +33,27 @@ URL_ID = "localfunctionurlid0000000000000"
 DEFAULT_TIMEOUT_SECONDS = 29.0
 # API Gateway refuses request payloads above 10 MB.
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
+# All request headers together; API Gateway's REST limit is 10 KiB, browsers with
+# cookies may send more to a local page, so a little more room.
+MAX_HEADER_BYTES = 16 * 1024
+# A chunk-size line ("1f4;ext=1\r\n") and each trailer line.
+MAX_CHUNK_LINE_BYTES = 1024
+MAX_TRAILERS = 32
+# Silence allowed while reading a request (line, headers or body): a client that
+# stops sending gets a 408, not a thread held forever.
+REQUEST_READ_TIMEOUT_SECONDS = 30.0
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+# RFC 9110 5.6.2: a method is a token.
+_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# http.server's refusals, in words that quote nothing of the request.
+_OWN_REFUSALS = {
+    400: "the request line or a header is malformed",
+    408: "the request did not arrive in time",
+    414: "the request line is longer than 65536 bytes",
+    431: "a header line is longer than 65536 bytes, or there are more than 100 headers",
+    501: "the request method is not supported",
+    505: "the HTTP version is not supported; send HTTP/1.1",
+}
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
@@ -276,7 +298,8 @@ def parse_result(result: Any, event_format: str) -> tuple[int, list[tuple[str, s
     """Status, headers and body, as API Gateway or a Function URL derives them."""
     if event_format != "rest" and not (isinstance(result, dict) and "statusCode" in result):
         # Payload 2.0 and Function URLs accept a bare JSON value as a 200 answer.
-        return 200, [("Content-Type", "application/json")], json.dumps(result).encode()
+        data = json.dumps(result, allow_nan=False).encode()
+        return 200, [("Content-Type", "application/json")], data
     if not isinstance(result, dict) or "statusCode" not in result:
         return 502, [("Content-Type", "application/json")], b'{"message": "Internal server error"}'
     headers = [(str(k), str(v)) for k, v in (result.get("headers") or {}).items()]
@@ -314,19 +337,80 @@ class LocalApiServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that resets or vanishes is the client's affair: one line, no traceback.
+        error = sys.exc_info()[1]
+        sys.stderr.write(f"{client_address[0]} connection ended: {type(error).__name__}\n")
+
+
+class _Refusal(Exception):
+    """A request the server answers with a 4xx before the function sees it."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _content_length(values: list[str]) -> int:
+    """The one Content-Length of a request (RFC 9110 8.6); repeated equal values are one."""
+    texts = {v.strip() for value in values for v in value.split(",")}
+    if len(texts) != 1:
+        raise _Refusal(400, "Content-Length is given more than once with different values")
+    text = texts.pop()
+    if not text.isascii() or not text.isdigit() or len(text) > 19:
+        raise _Refusal(400, "Content-Length must be a decimal number of bytes")
+    return int(text)
+
+
+def _read_exactly(rfile: Any, size: int) -> bytes:
+    data = rfile.read(size)
+    if len(data) < size:
+        raise _Refusal(400, f"the body ended after {len(data)} of {size} bytes")
+    return data
+
+
+def read_chunked(rfile: Any, limit: int) -> bytes:
+    """A ``Transfer-Encoding: chunked`` body (RFC 9112 7.1), at most ``limit`` bytes."""
+    body = bytearray()
+    while True:
+        line = rfile.readline(MAX_CHUNK_LINE_BYTES + 1)
+        if len(line) > MAX_CHUNK_LINE_BYTES or not line.endswith(b"\n"):
+            raise _Refusal(400, "a chunk-size line is missing, unfinished or too long")
+        size_text = line.split(b";", 1)[0].strip()
+        if not size_text or not set(size_text) <= _HEX_DIGITS:
+            raise _Refusal(400, "a chunk size must be a hexadecimal number")
+        size = int(size_text, 16)
+        if size == 0:
+            break
+        if len(body) + size > limit:
+            raise _Refusal(413, f"the request body is larger than {limit} bytes")
+        body += _read_exactly(rfile, size)
+        if rfile.readline(3) not in (b"\r\n", b"\n"):
+            raise _Refusal(400, "a chunk's data must be followed by CRLF")
+    for _ in range(MAX_TRAILERS + 1):
+        line = rfile.readline(MAX_CHUNK_LINE_BYTES + 1)
+        if line in (b"\r\n", b"\n"):
+            return bytes(body)
+        if not line.endswith(b"\n"):
+            raise _Refusal(400, "the chunked body ends without its final CRLF")
+    raise _Refusal(431, f"more than {MAX_TRAILERS} trailer fields")
+
 
 class _RequestHandler(BaseHTTPRequestHandler):
     server: LocalApiServer
     protocol_version = "HTTP/1.1"
+    timeout = REQUEST_READ_TIMEOUT_SECONDS
 
     def _dispatch(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_REQUEST_BYTES:
-            too_long = b'{"message":"Request Too Long"}'
-            self._send(413, [("Content-Type", "application/json")], too_long)
-            self.close_connection = True
+        try:
+            body = self._read_body()
+        except _Refusal as refusal:
+            self._refuse(refusal.status, refusal.message)
             return
-        body = self.rfile.read(length) if length > 0 else b""
+        except TimeoutError:
+            self._refuse(408, "the request did not arrive in time")
+            return
         event = build_event(
             self.server.event_format,
             self.command,
@@ -341,13 +425,72 @@ class _RequestHandler(BaseHTTPRequestHandler):
         except Exception as exc:  # what API Gateway answers when the function raises
             self.log_error("handler raised %s", type(exc).__name__)
             result = None
-        status, headers, data = parse_result(result, self.server.event_format)
+        try:
+            status, headers, data = parse_result(result, self.server.event_format)
+        except (TypeError, ValueError) as exc:
+            self.log_error("the function's result is malformed: %s", type(exc).__name__)
+            data = b'{"message": "Internal server error"}'
+            status, headers = 502, [("Content-Type", "application/json")]
         self._send(status, headers, data)
+
+    def _read_body(self) -> bytes:
+        """The request body, as API Gateway would accept it; ``_Refusal`` otherwise."""
+        if self.request_version == "HTTP/0.9":
+            raise _Refusal(400, "HTTP/0.9 is not served; send HTTP/1.1")
+        if not _TOKEN_RE.match(self.command):
+            raise _Refusal(400, "the request method must be an HTTP token, e.g. GET or POST")
+        if self.headers.defects:
+            raise _Refusal(400, "a header line is malformed (each must be 'Name: value')")
+        header_bytes = sum(len(k) + len(v) + 4 for k, v in self.headers.items())
+        if header_bytes > MAX_HEADER_BYTES:
+            raise _Refusal(431, f"the request headers are larger than {MAX_HEADER_BYTES} bytes")
+        encodings = self.headers.get_all("Transfer-Encoding") or []
+        lengths = self.headers.get_all("Content-Length") or []
+        if encodings:
+            if lengths:
+                # RFC 9112 6.1: both at once is how requests are smuggled past proxies.
+                raise _Refusal(400, "send either Content-Length or Transfer-Encoding, not both")
+            if ",".join(encodings).strip().lower() != "chunked":
+                raise _Refusal(400, "the only Transfer-Encoding accepted is chunked")
+            return read_chunked(self.rfile, MAX_REQUEST_BYTES)
+        length = _content_length(lengths) if lengths else 0
+        if length > MAX_REQUEST_BYTES:
+            raise _Refusal(413, f"the request body is larger than {MAX_REQUEST_BYTES} bytes")
+        return _read_exactly(self.rfile, length) if length else b""
+
+    def _refuse(self, status: int, message: str) -> None:
+        """A 4xx in API Gateway's words; the connection is closed, its state is unknown."""
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"  # a status line all the same
+        data = json.dumps({"message": message}).encode("utf-8")
+        self._send(status, [("Content-Type", "application/json"), ("Connection", "close")], data)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # http.server's own refusals (bad request line, header line too long, too many
+        # headers), in JSON like every other answer and in our words: its own message
+        # and HTML page quote the request back.
+        self.log_error("code %d", code)
+        text = _OWN_REFUSALS.get(code) or self.responses.get(code, ("error",))[0]
+        if self.request_version == "HTTP/0.9":
+            # Set before the version was read: answer with a status line all the same.
+            self.request_version = "HTTP/1.0"
+        self.close_connection = True
+        data = json.dumps({"message": text}).encode("utf-8")
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Connection", "close")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(data)
 
     def _send(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
         self.send_response(status)
         for name, value in headers:
-            if name.lower() not in ("content-length", "connection", "transfer-encoding"):
+            if name.lower() not in ("content-length", "transfer-encoding"):
+                if name.lower() == "connection" and value.lower() != "close":
+                    continue
                 self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()

@@ -16,6 +16,7 @@ does not touch S3 does not pay for them at cold start.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from contextlib import closing
@@ -145,6 +146,9 @@ FAILED = "failed"
 TRANSIENT = frozenset({THROTTLED, BROKEN})
 
 
+_ERROR_CODE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9.]{0,63}$")
+
+
 def error_types() -> tuple[type[Exception], ...]:
     """The exception types of botocore (and urllib3 below it) that ``translate`` knows."""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -156,8 +160,13 @@ def error_types() -> tuple[type[Exception], ...]:
 def _code_and_status(exc: Any) -> tuple[str, int]:
     response = getattr(exc, "response", None) or {}
     code = str(response.get("Error", {}).get("Code", ""))
-    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    return code, status
+    try:
+        status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    except (TypeError, ValueError):
+        status = 0
+    # The code is the store's word; an S3-compatible store could put any text there,
+    # so only a code shaped like S3's (NoSuchKey, SlowDown) is repeated in a message.
+    return (code if _ERROR_CODE_RE.match(code) else ""), status
 
 
 def failure_kind(exc: BaseException | None) -> str | None:

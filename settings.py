@@ -28,10 +28,29 @@ CONFIG_PATH = Path(__file__).resolve().with_name("lambda_config.json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 OUTPUT_FORMATS = ("jpg", "jpeg", "png", "webp")
 TRIGGER_FRAMES = ("first", "all")
+_HOST_ENTRY_NAME = re.compile(r"^(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$")
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 # Lambda's synchronous response payload limit (6 MB, counted in bytes).
 LAMBDA_RESPONSE_LIMIT = 6 * 1024 * 1024
+
+
+# MAX_PIXEL_BYTES when unset. A render peaks at about 60 MB of interpreter and
+# libraries (100 counted) plus a multiple of the decoded frame: 2 for native, 3.6
+# for RLE and 16-bit JPEG 2000, 5.5 for 8-bit JPEG 2000 (OpenJPEG holds every
+# sample as 32 bits while decoding). Outside Lambda the fixed default applies.
+DEFAULT_MAX_PIXEL_BYTES = 256 * 1024 * 1024
+RENDER_BASE_MB = 100
+RENDER_PEAK_FRAMES = 6
+
+
+def memory_pixel_budget(environ: Mapping[str, str]) -> int:
+    """The largest decoded frame that renders inside AWS_LAMBDA_FUNCTION_MEMORY_SIZE (MB)."""
+    memory = environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "").strip()
+    if not memory.isdigit():
+        return DEFAULT_MAX_PIXEL_BYTES
+    spare_mb = max(int(memory) - RENDER_BASE_MB, 16)
+    return spare_mb * 1024 * 1024 // RENDER_PEAK_FRAMES
 
 
 def _secret() -> Any:
@@ -64,8 +83,9 @@ class Settings:
     # CA bundle (file or folder) for HTTPS and FTPS downloads; the standard variable name.
     requests_ca_bundle: str | None = None
 
-    # Rendering (dicom_converter).
-    max_pixel_bytes: int = 256 * 1024 * 1024
+    # Rendering (dicom_converter). Unset, the pixel budget follows the function's
+    # memory (memory_pixel_budget).
+    max_pixel_bytes: int = field(default_factory=lambda: memory_pixel_budget(os.environ))
     default_quality: int = 85
     default_output_format: str = "jpg"
 
@@ -75,6 +95,9 @@ class Settings:
     url_expiry_seconds: int = 3600
     max_response_bytes: int = LAMBDA_RESPONSE_LIMIT
     cors_origins: tuple[str, ...] = ("*",)
+    # Cache-Control of a rendered image: a patient's image must not sit in a shared
+    # cache (CDN, proxy), and by default not in the browser's either.
+    cache_control: str = "private, no-store"
 
     # Bulk conversion (bulk): S3 upload triggers and batch requests.
     # Events from any other bucket than WATCH_BUCKET are skipped; unset, none count.
@@ -165,9 +188,15 @@ def _validate(s: Settings) -> None:
             fail(name, "must not be negative")
     if not s.temp_root:
         fail("temp_root", "must name a folder")
+    if not re.match(r"^[\x20-\x7e]{1,200}$", s.cache_control):
+        fail("cache_control", "must be a Cache-Control header value of printable ASCII")
     for entry in s.allowed_hosts:
         if not _is_host_entry(entry):
-            fail("allowed_hosts", "must list host names, *.suffix, IPs or CIDRs")
+            fail(
+                "allowed_hosts",
+                "must list host names, *.suffix, IPs, CIDRs or [IPv6], each optionally "
+                "followed by :port or :* (e.g. files.internal:8443, 127.0.0.1:*)",
+            )
     for name in ("s3_endpoint_url", "r2_endpoint_url"):
         url = getattr(s, name)
         if url is not None and not re.match(r"^https?://[^/?#@\s]+(/[^?#\s]*)?$", url):
@@ -192,12 +221,33 @@ def _validate_bulk(s: Settings, fail: Callable[[str, str], None]) -> None:
 
 
 def _is_host_entry(entry: str) -> bool:
-    """An ALLOWED_HOSTS entry: a host name, ``*.suffix``, an IP address or a CIDR."""
+    """An ALLOWED_HOSTS entry: a host name, ``*.suffix``, an IP, a CIDR or ``[IPv6]``,
+    optionally followed by ``:port`` or ``:*``. ``url_policy.parse_host_entry`` reads
+    the same grammar (settings imports nothing of ours but errors; a test checks
+    that the two agree)."""
+    text = entry.strip().lower()
+    bracketed = text.startswith("[")
+    if bracketed:
+        host, close, rest = text[1:].partition("]")
+        if not close or (rest and not rest.startswith(":")):
+            return False
+        port = rest[1:] if rest else None
+    elif "/" in text:
+        network, _, tail = text.partition("/")
+        length, colon, port_text = tail.partition(":")
+        host, port = f"{network}/{length}", (port_text if colon else None)
+    elif text.count(":") >= 2:
+        host, port = text, None
+    else:
+        host, colon, port_text = text.partition(":")
+        port = port_text if colon else None
+    if port is not None and port != "*" and not (port.isdigit() and 1 <= int(port) <= 65535):
+        return False
     try:
-        ipaddress.ip_network(entry.strip("[]"), strict=False)
-        return True
+        version = ipaddress.ip_network(host, strict=False).version
+        return version == 6 or not bracketed
     except ValueError:
-        return bool(re.match(r"^(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$", entry, re.IGNORECASE))
+        return not bracketed and bool(_HOST_ENTRY_NAME.match(host))
 
 
 def read_config_document(path: Path | None = None) -> dict[str, Any]:
@@ -260,6 +310,8 @@ def load_settings(
                     f"{name} must not be stored in lambda_config.json; set {env_name} instead"
                 )
             values[name] = _coerce(name, type_name, file_values[name], "lambda_config.json")
+    if values.get("max_pixel_bytes") is None:  # unset or null: follow the memory
+        values["max_pixel_bytes"] = memory_pixel_budget(environ)
     return Settings(**values)
 
 

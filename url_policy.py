@@ -19,6 +19,7 @@ check a URL without paying for them at cold start.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from fnmatch import fnmatchcase
 from functools import cached_property
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
-from errors import BlockedByPolicy, InvalidRequest, InvalidUrl, UpstreamError
+from errors import BlockedByPolicy, ConfigurationError, InvalidRequest, InvalidUrl, UpstreamError
 from service_log import shown_url
 
 SOURCES = ("s3", "r2", "ftp", "http")
@@ -315,6 +316,24 @@ def _bucket_and_key(
     raise InvalidUrl(f"{shown_url(url)} does not name an {source.upper()} object")
 
 
+def _check_key_segments(key: str) -> None:
+    """Refuse keys with ``.``, ``..`` or empty segments.
+
+    S3 reads keys literally, but an S3-compatible store or a proxy in front of one
+    may normalise the path, and ``a/../../other-bucket/b`` would then read another
+    bucket than the one ALLOWED_BUCKETS approved.
+    """
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            shown = "an empty segment ('//', or a leading or trailing '/')"
+            if segment:
+                shown = f"a '{segment}' segment"
+            raise InvalidUrl(
+                f"the object key has {shown}; name the object by its plain key, "
+                "e.g. s3://bucket/folder/file.dcm"
+            )
+
+
 def parse_object_url(
     url: str, source: str, endpoints: SourceEndpoints = SourceEndpoints()
 ) -> ObjectLocation:
@@ -334,6 +353,7 @@ def parse_object_url(
         raise InvalidUrl(f"{shown_url(url)} names bucket '{bucket}' but no object key")
     if len(key.encode("utf-8")) > 1024:
         raise InvalidUrl("the object key is longer than 1024 bytes")
+    _check_key_segments(key)
     return ObjectLocation(
         source=source,
         bucket=bucket,
@@ -417,42 +437,123 @@ class Endpoint:
         return host if self.port == default else f"{host}:{self.port}"
 
 
+# --------------------------------------------------------------------------- ALLOWED_HOSTS
+
+# The default port of each scheme: an ALLOWED_HOSTS entry without a port admits only it.
+DEFAULT_PORTS = {"http": 80, "https": 443, "ftp": 21, "ftps": 21}
+_ENTRY_NAME_RE = re.compile(r"^(?P<wild>\*\.)?(?P<name>[a-z0-9_-]+(?:\.[a-z0-9_-]+)*)\.?$")
+
+
 @dataclass(frozen=True)
-class _AllowedEntries:
-    names: frozenset[str]
-    suffixes: tuple[str, ...]
-    networks: tuple[IPNetwork, ...]
+class HostEntry:
+    """One ALLOWED_HOSTS entry: a name, a ``*.suffix`` or an IP network, and its ports.
+
+    ``port`` None with ``any_port`` False admits only the scheme's default port.
+    """
+
+    name: str | None = None
+    suffix: str | None = None  # ".example.org" for "*.example.org"
+    network: IPNetwork | None = None
+    port: int | None = None
+    any_port: bool = False
+
+    def admits_port(self, port: int, default: int) -> bool:
+        return self.any_port or port == (default if self.port is None else self.port)
+
+    def admits_name(self, host: str) -> bool:
+        if self.name is not None:
+            return host == self.name
+        return self.suffix is not None and host.endswith(self.suffix)
 
 
-def _allowed_entries(entries: tuple[str, ...]) -> _AllowedEntries:
-    """ALLOWED_HOSTS split into exact names, ``*.suffix`` suffixes and IP networks."""
-    names: set[str] = set()
-    suffixes: list[str] = []
-    networks: list[IPNetwork] = []
-    for entry in (e.strip().lower().rstrip(".") for e in entries):
-        if not entry:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
-        except ValueError:
-            if entry.startswith("*."):
-                suffixes.append(entry[1:])
-            else:
-                names.add(entry)
-    return _AllowedEntries(frozenset(names), tuple(suffixes), tuple(networks))
+def _split_entry(text: str) -> tuple[str, str | None, bool]:
+    """(host, port text or None, bracketed) of an entry; ValueError if malformed."""
+    if text.startswith("["):
+        host, close, rest = text[1:].partition("]")
+        if not close or (rest and not rest.startswith(":")):
+            raise ValueError("an IPv6 entry is written [address] or [address]:port")
+        return host, (rest[1:] if rest else None), True
+    if "/" in text:
+        # CIDR:port; the prefix length holds no colon, so IPv6 networks need no brackets.
+        network, _, tail = text.partition("/")
+        length, colon, port = tail.partition(":")
+        return f"{network}/{length}", (port if colon else None), False
+    if text.count(":") >= 2:
+        return text, None, False  # a bare IPv6 address: write [address]:port for a port
+    host, colon, port = text.partition(":")
+    return host, (port if colon else None), False
+
+
+def _entry_port(text: str | None) -> tuple[int | None, bool]:
+    if text is None:
+        return None, False
+    if text == "*":
+        return None, True
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError("a port is a number from 1 to 65535, or *")
+    return int(text), False
+
+
+def parse_host_entry(entry: str) -> HostEntry:
+    """An ALLOWED_HOSTS entry: ``host``, ``*.suffix``, ``IP``, ``CIDR`` or ``[IPv6]``,
+    each optionally followed by ``:port`` or ``:*``. Raises ``ValueError``."""
+    host, port_text, bracketed = _split_entry(entry.strip().lower())
+    port, any_port = _entry_port(port_text)
+    try:
+        network = ipaddress.ip_network(host, strict=False)
+    except ValueError:
+        network = None
+    if network is not None:
+        if bracketed and network.version != 6:
+            raise ValueError("brackets hold an IPv6 address or network")
+        return HostEntry(network=network, port=port, any_port=any_port)
+    match = None if bracketed else _ENTRY_NAME_RE.match(host)
+    if match is None:
+        raise ValueError("not a host name, *.suffix, IP address or CIDR")
+    if match["wild"]:
+        return HostEntry(suffix="." + match["name"], port=port, any_port=any_port)
+    return HostEntry(name=match["name"], port=port, any_port=any_port)
+
+
+def runtime_api_endpoint(value: str | None) -> tuple[str, int | None] | None:
+    """(host, port) of the Lambda Runtime API (AWS_LAMBDA_RUNTIME_API, e.g. 127.0.0.1:9001)."""
+    if not value or not value.strip():
+        return None
+    try:
+        parts = urlsplit("//" + value.strip())
+        return (parts.hostname or "").lower(), parts.port
+    except ValueError:
+        # Unparsable: keep the host, and refuse every port of it.
+        return value.strip().lower(), None
+
+
+def _local(address: IPAddress) -> bool:
+    """Whether a connection to ``address`` stays on this machine."""
+    inner = _embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else None
+    return any(a.is_loopback or a.is_unspecified for a in (address, inner) if a is not None)
 
 
 # --------------------------------------------------------------------------- the policy
 
 
+def _runtime_api_from_environment() -> str | None:
+    return os.environ.get("AWS_LAMBDA_RUNTIME_API") or None
+
+
 @dataclass(frozen=True)
 class UrlPolicy:
-    """Which hosts, addresses and buckets callers' URLs may reach.
+    """Which hosts, ports, addresses and buckets callers' URLs may reach.
 
-    With no ``allowed_hosts`` (ALLOWED_HOSTS) every host is allowed whose every
-    address is public. With them, the host must match a name, a ``*.suffix`` or (for
-    an IP host) an IP/CIDR entry, and each address must be public or inside an
-    IP/CIDR entry; that is how loopback and VPC addresses are admitted, explicitly.
+    With no ``allowed_hosts`` (ALLOWED_HOSTS) every host is allowed, on any port,
+    whose every address is public. With them, the host must match a name, a
+    ``*.suffix`` or (for an IP host) an IP/CIDR entry, and each address must be
+    public or inside an IP/CIDR entry; that is how loopback and VPC addresses are
+    admitted, explicitly. Each entry admits the port it names (``host:8443``,
+    ``[::1]:8080``, ``10.0.0.0/8:9000``), every port (``host:*``), or without a
+    port only the scheme's default one (80, 443, 21).
+
+    ``runtime_api`` (AWS_LAMBDA_RUNTIME_API) is never reachable, listed or not:
+    through it a caller could read or answer the function's own invocations.
     ``allowed_buckets`` (ALLOWED_BUCKETS) are fnmatch patterns; empty allows every
     bucket. ``resolver`` maps ``(host, port)`` to address strings; tests pass their own.
     """
@@ -460,15 +561,27 @@ class UrlPolicy:
     allowed_hosts: tuple[str, ...] = ()
     allowed_buckets: tuple[str, ...] = ()
     resolver: Resolver = field(default=resolve_system, compare=False, repr=False)
+    runtime_api: str | None = field(default_factory=_runtime_api_from_environment, repr=False)
 
     @cached_property
-    def _entries(self) -> _AllowedEntries:
-        return _allowed_entries(self.allowed_hosts)
+    def _entries(self) -> tuple[HostEntry, ...]:
+        entries = []
+        for text in self.allowed_hosts:
+            if not text.strip():
+                continue
+            try:
+                entries.append(parse_host_entry(text))
+            except ValueError:
+                # The entry is left out: the list names internal hosts.
+                raise ConfigurationError(
+                    "setting ALLOWED_HOSTS must list host names, *.suffix, IPs, CIDRs or "
+                    "[IPv6], each optionally followed by :port or :*"
+                ) from None
+        return tuple(entries)
 
     @property
     def restricts_hosts(self) -> bool:
-        entries = self._entries
-        return bool(entries.names or entries.suffixes or entries.networks)
+        return bool(self._entries)
 
     def check_bucket(self, bucket: str) -> None:
         patterns = self.allowed_buckets
@@ -479,45 +592,98 @@ class UrlPolicy:
             )
 
     def check_url(self, url: str) -> Endpoint:
-        """Admit the host of an FTP or HTTP URL and return the addresses checked."""
+        """Admit the host and port of an FTP or HTTP URL; return the addresses checked."""
         parts = split_url(url)
         scheme = parts.scheme.lower()
-        if scheme not in ("ftp", "ftps", "http", "https"):
+        if scheme not in DEFAULT_PORTS:
             raise InvalidUrl(f"{shown_url(url)} is not an FTP or HTTP URL")
         bracketed = parts.netloc.rpartition("@")[2].startswith("[")
         host = _normalised_host(parts.hostname or "", bracketed)
-        default = {"http": 80, "https": 443}.get(scheme, 21)
+        default = DEFAULT_PORTS[scheme]
+        if parts.port == 0:
+            raise InvalidUrl(f"{shown_url(url)} names port 0; use a port from 1 to 65535")
         port = parts.port or default
-        return Endpoint(scheme, host, port, self.check_host(host, port, bracketed=bracketed))
+        addresses = self.check_host(host, port, default, bracketed=bracketed)
+        return Endpoint(scheme, host, port, addresses)
 
-    def check_host(self, host: str, port: int, bracketed: bool = False) -> tuple[IPAddress, ...]:
-        """The addresses of ``host`` after every policy rule; raises ``BlockedByPolicy``."""
+    def check_host(
+        self, host: str, port: int, default_port: int, bracketed: bool = False
+    ) -> tuple[IPAddress, ...]:
+        """The addresses of ``host`` after every policy rule; raises ``BlockedByPolicy``.
+
+        ``default_port`` is the scheme's: the only one an entry without a port admits.
+        """
         literal = _ip_literal(host, bracketed)
         if literal is not None:
-            self._check_literal(host, literal, bracketed)
+            self._check_literal(host, literal, port, default_port, bracketed)
             addresses: tuple[IPAddress, ...] = (literal,)
         else:
-            if self.restricts_hosts and not self._name_allowed(host):
-                raise BlockedByPolicy(
-                    f"host '{host}' is not in ALLOWED_HOSTS; only the hosts listed there "
-                    "may be fetched"
-                )
+            self._check_name(host, port, default_port)
             addresses = self._resolve(host, port)
         for address in addresses:
-            self._check_address(host, address)
+            self.check_data_port(address, port, host)
+            self._check_address(host, address, port, default_port)
         # Lambda has IPv4 egress everywhere, IPv6 only in dual-stack VPCs.
         return tuple(sorted(addresses, key=lambda a: a.version))
 
-    def _allowed_network(self, address: IPAddress) -> bool:
-        return any(address in network for network in self._entries.networks)
-
-    def _name_allowed(self, host: str) -> bool:
-        entries = self._entries
-        return host in entries.names or any(host.endswith(s) for s in entries.suffixes)
-
-    def _check_literal(self, host: str, address: IPAddress, bracketed: bool) -> None:
-        if self._allowed_network(address):
+    def check_data_port(self, address: IPAddress, port: int, host: str = "") -> None:
+        """Refuse the Lambda Runtime API; also for an FTP data port the server chose."""
+        runtime = runtime_api_endpoint(self.runtime_api)
+        if runtime is None:
             return
+        runtime_host, runtime_port = runtime
+        if runtime_port is not None and port != runtime_port:
+            return
+        try:
+            runtime_address: IPAddress | None = ipaddress.ip_address(runtime_host.strip("[]"))
+        except ValueError:
+            runtime_address = None
+        if runtime_address is None:
+            hit = host == runtime_host or (runtime_host == "localhost" and _local(address))
+        elif _local(runtime_address):
+            # A server bound to 127.0.0.1 may also answer on 0.0.0.0 or another
+            # loopback spelling: every local address counts.
+            hit = _local(address)
+        else:
+            inner = _embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else None
+            hit = runtime_address in (address, inner)
+        if hit:
+            raise BlockedByPolicy(
+                f"port {port} of {address} is the Lambda Runtime API; the URL policy never "
+                "lets a URL reach it, whatever ALLOWED_HOSTS lists"
+            )
+
+    def _allowed_network(self, address: IPAddress, port: int, default_port: int) -> bool:
+        return any(
+            entry.network is not None
+            and address in entry.network
+            and entry.admits_port(port, default_port)
+            for entry in self._entries
+        )
+
+    def _check_name(self, host: str, port: int, default_port: int) -> None:
+        if not self.restricts_hosts:
+            return
+        named = [entry for entry in self._entries if entry.admits_name(host)]
+        if any(entry.admits_port(port, default_port) for entry in named):
+            return
+        if named:
+            raise BlockedByPolicy(_port_not_listed(f"host '{host}'", host, port, default_port))
+        raise BlockedByPolicy(
+            f"host '{host}' is not in ALLOWED_HOSTS; only the hosts listed there may be fetched"
+        )
+
+    def _listed_on_other_port(self, address: IPAddress) -> bool:
+        return any(e.network is not None and address in e.network for e in self._entries)
+
+    def _check_literal(
+        self, host: str, address: IPAddress, port: int, default_port: int, bracketed: bool
+    ) -> None:
+        if self._allowed_network(address, port, default_port):
+            return
+        shown = f"[{host}]" if bracketed else host
+        if self._listed_on_other_port(address):
+            raise BlockedByPolicy(_port_not_listed(f"host {shown}", shown, port, default_port))
         if bracketed:
             raise BlockedByPolicy(
                 f"bracketed IPv6 host [{host}] is refused unless ALLOWED_HOSTS lists the address"
@@ -525,8 +691,8 @@ class UrlPolicy:
         if self.restricts_hosts:
             raise BlockedByPolicy(f"host {host} is not in ALLOWED_HOSTS")
 
-    def _check_address(self, host: str, address: IPAddress) -> None:
-        if self._allowed_network(address):
+    def _check_address(self, host: str, address: IPAddress, port: int, default_port: int) -> None:
+        if self._allowed_network(address, port, default_port):
             return
         reason = blocked_reason(address)
         if reason is None:
@@ -534,9 +700,15 @@ class UrlPolicy:
         subject = (
             f"host {host} is" if host == str(address) else f"host '{host}' resolves to {address},"
         )
+        if self._listed_on_other_port(address):
+            raise BlockedByPolicy(
+                f"{subject} {reason}, listed in ALLOWED_HOSTS but not with port {port}; "
+                f"add {_entry_form(str(address))}:{port} (an entry without a port admits "
+                f"only port {default_port})"
+            )
         raise BlockedByPolicy(
             f"{subject} {reason}; the URL policy refuses it unless ALLOWED_HOSTS lists "
-            "the address or its network"
+            "the address or its network (with the port, e.g. 10.0.0.0/8:8080)"
         )
 
     def _resolve(self, host: str, port: int) -> tuple[IPAddress, ...]:
@@ -548,6 +720,18 @@ class UrlPolicy:
         if not addresses:
             raise UpstreamError(f"host '{host}' has no address")
         return tuple(sorted(addresses, key=lambda a: (a.version, int(a))))
+
+
+def _entry_form(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _port_not_listed(subject: str, host: str, port: int, default_port: int) -> str:
+    return (
+        f"{subject} is in ALLOWED_HOSTS, but not with port {port}; add "
+        f"{_entry_form(host)}:{port} or {_entry_form(host)}:* (an entry without a port "
+        f"admits only port {default_port})"
+    )
 
 
 def _normalised_host(host: str, bracketed: bool) -> str:

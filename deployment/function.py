@@ -141,16 +141,38 @@ class FunctionUnit:
         found = self.current()
         if found is None:
             self._create(role_arn, package)
+            self._ensure_concurrency(None)
             return FunctionState(existed=False, changed=True)
         config = found["Configuration"]
         wait_updated(self.ctx)
         code_changed = self._ensure_code(config, package)
         current_env = environment_of(found)
         config_changed = self._ensure_configuration(config, role_arn, current_env)
+        self._ensure_concurrency(found)
         return FunctionState(
             existed=True,
             changed=code_changed or config_changed,
             previous_watch_bucket=current_env.get("WATCH_BUCKET") or None,
+        )
+
+    def _ensure_concurrency(self, found: dict[str, Any] | None) -> None:
+        """--reserved-concurrency: the most copies that run at once, which caps what a
+        flood of requests can cost. Without the flag an existing reservation is kept."""
+        wanted = self.o.reserved_concurrency
+        if wanted is None:
+            return
+        what = "reserved concurrency"
+        current = ((found or {}).get("Concurrency") or {}).get("ReservedConcurrentExecutions")
+        if current == wanted:
+            self.report.unchanged(what, str(wanted))
+            return
+        self.report.apply(
+            what,
+            "set",
+            lambda: self.ctx.lam.put_function_concurrency(
+                FunctionName=self.name, ReservedConcurrentExecutions=wanted
+            ),
+            f"{wanted} at once",
         )
 
     def _after_change(self) -> None:

@@ -9,13 +9,21 @@ from deployment.permissions import SID_HTTP, Permissions
 from deployment.report import Report
 from deployment.rest_api import Endpoints
 
-HTTP_ROUTE_KEYS = ("GET /convert", "POST /convert", "GET /health")
+HTTP_ROUTE_KEYS = ("GET /", "GET /convert", "POST /convert", "GET /health")
 HTTP_STAGE = "$default"  # keeps rawPath free of a stage prefix in payload 2.0
 
 
 class HttpApiUnit:
-    def __init__(self, ctx: AwsContext, report: Report, permissions: Permissions) -> None:
+    def __init__(
+        self,
+        ctx: AwsContext,
+        report: Report,
+        permissions: Permissions,
+        throttle: tuple[float, int] = (10.0, 20),
+    ) -> None:
         self.ctx = ctx
+        # (requests per second, burst) of every route: the stage's default route settings.
+        self.throttle = throttle
         self.report = report
         self.permissions = permissions
         self.name = ctx.names.http_api
@@ -63,7 +71,9 @@ class HttpApiUnit:
         base = api.get("ApiEndpoint") or (
             f"https://{api_id}.execute-api.{self.ctx.region}.{self.ctx.url_suffix}"
         )
-        return Endpoints({"convert": f"{base}/convert", "health": f"{base}/health"})
+        return Endpoints(
+            {"playground": f"{base}/", "convert": f"{base}/convert", "health": f"{base}/health"}
+        )
 
     def _ensure_integration(self, api_id: str) -> str:
         apigw2, alias_arn = self.ctx.apigw2, self.ctx.alias_arn
@@ -125,23 +135,37 @@ class HttpApiUnit:
         apigw2 = self.ctx.apigw2
         pages = apigw2.get_paginator("get_stages").paginate(ApiId=api_id)
         stage = {s["StageName"]: s for page in pages for s in page["Items"]}.get(HTTP_STAGE)
-        what = f"stage {HTTP_STAGE} (auto-deploy)"
+        rate, burst = self.throttle
+        limits = {"ThrottlingRateLimit": rate, "ThrottlingBurstLimit": burst}
+        what = f"stage {HTTP_STAGE} (auto-deploy, {rate:g} requests/s, burst {burst})"
         if stage is None:
             self.report.apply(
                 what,
                 "created",
                 lambda: apigw2.create_stage(
-                    ApiId=api_id, StageName=HTTP_STAGE, AutoDeploy=True, Tags=dict(self.ctx.tags)
+                    ApiId=api_id,
+                    StageName=HTTP_STAGE,
+                    AutoDeploy=True,
+                    DefaultRouteSettings=limits,
+                    Tags=dict(self.ctx.tags),
                 ),
             )
-        elif not stage.get("AutoDeploy"):
-            self.report.apply(
-                what,
-                "updated",
-                lambda: apigw2.update_stage(ApiId=api_id, StageName=HTTP_STAGE, AutoDeploy=True),
-            )
-        else:
+            return
+        current = stage.get("DefaultRouteSettings") or {}
+        throttled = (
+            float(current.get("ThrottlingRateLimit", -1)) == rate
+            and int(current.get("ThrottlingBurstLimit", -1)) == burst
+        )
+        if stage.get("AutoDeploy") and throttled:
             self.report.unchanged(what)
+            return
+        self.report.apply(
+            what,
+            "updated",
+            lambda: apigw2.update_stage(
+                ApiId=api_id, StageName=HTTP_STAGE, AutoDeploy=True, DefaultRouteSettings=limits
+            ),
+        )
 
     def remove(self, reason: str) -> bool:
         """Delete the API if deploy.py created it; True when it goes."""

@@ -76,6 +76,7 @@ class Options:
     alias: str
     throttle_rate: float
     throttle_burst: int
+    reserved_concurrency: int | None = None
     warnings: tuple[str, ...] = ()
 
     @property
@@ -164,8 +165,14 @@ def _function_values(args: argparse.Namespace, fn: dict[str, Any]) -> dict[str, 
         "function_url": args.function_url or fn.get("function_url", "none"),
         "stage": fn.get("stage", "prod"),
         "alias": fn.get("alias", "live"),
-        "throttle_rate": float(fn.get("api_key_rate_limit", 10)),
-        "throttle_burst": int(fn.get("api_key_burst_limit", 20)),
+        # Stage throttling (REST and HTTP APIs) and the API key's usage plan alike.
+        "throttle_rate": float(
+            _pick(args.throttle_rate, fn.get("throttle_rate", fn.get("api_key_rate_limit", 10)))
+        ),
+        "throttle_burst": int(
+            _pick(args.throttle_burst, fn.get("throttle_burst", fn.get("api_key_burst_limit", 20)))
+        ),
+        "reserved_concurrency": _pick(args.reserved_concurrency, fn.get("reserved_concurrency")),
     }
 
 
@@ -226,11 +233,20 @@ def _range_errors(o: Options) -> list[str]:
         ("--timeout (seconds)", o.timeout, TIMEOUT_RANGE),
         ("--ephemeral-storage (MB)", o.ephemeral_storage, EPHEMERAL_RANGE),
     )
-    return [
+    errors = [
         f"{name} must be between {low} and {high}, got {value}"
         for name, value, (low, high) in ranges
         if not low <= value <= high
     ]
+    if not 0 < o.throttle_rate <= 10_000:
+        errors.append(f"--throttle-rate must be above 0 and at most 10000, got {o.throttle_rate:g}")
+    if not 0 < o.throttle_burst <= 5_000:
+        errors.append(f"--throttle-burst must be between 1 and 5000, got {o.throttle_burst}")
+    if o.reserved_concurrency is not None and not 1 <= o.reserved_concurrency <= 10_000:
+        errors.append(
+            f"--reserved-concurrency must be between 1 and 10000, got {o.reserved_concurrency}"
+        )
+    return errors
 
 
 def _name_errors(o: Options) -> list[str]:
@@ -288,7 +304,24 @@ def _warnings(o: Options) -> list[str]:
         warnings.append("--allowed-buckets '*' lets the function read every bucket it can see")
     if o.api == "none" and o.function_url == "none" and not o.delete and not o.package_only:
         warnings.append("no API and no Function URL: invoke with `aws lambda invoke` only")
+    if open_fetcher(o) and not o.delete and not o.package_only:
+        warnings.append(OPEN_FETCHER_WARNING)
     return warnings
+
+
+OPEN_FETCHER_WARNING = (
+    "the API is open (no API key, no auth) and ALLOWED_HOSTS is empty: anyone who finds "
+    "the URL can make the function download any public file, up to MAX_DOWNLOAD_BYTES "
+    "per request, at your cost. Set --allowed-hosts to the hosts that hold your files, "
+    "add --api-key, or keep the URL private; throttling and --reserved-concurrency only "
+    "cap the rate"
+)
+
+
+def open_fetcher(o: Options) -> bool:
+    """Whether anyone may call the function through a URL and have it fetch any host."""
+    open_api = (o.api == "rest" and not o.api_key) or o.api == "http"
+    return (open_api or o.function_url == "public") and not o.allowed_hosts
 
 
 def runtime_settings_errors(o: Options) -> list[str]:

@@ -11,7 +11,7 @@ from deployment.options import Options
 from deployment.permissions import SID_REST, Permissions
 from deployment.report import Report
 
-REST_ROUTES = {"/convert": ("GET", "POST"), "/health": ("GET",)}
+REST_ROUTES = {"/": ("GET",), "/convert": ("GET", "POST"), "/health": ("GET",)}
 # With --api-key only the renderer needs the key; health checks stay open.
 KEYED_PATHS = ("/convert",)
 BINARY_MEDIA_TYPE = "image/*"
@@ -70,6 +70,7 @@ class RestApiUnit:
             for method in methods:
                 changed |= self._ensure_method(api_id, resource, method)
         self._ensure_deployment(api_id, changed)
+        self._ensure_throttling(api_id)
         self.permissions.ensure(
             SID_REST,
             "invoke permission for the REST API",
@@ -80,7 +81,7 @@ class RestApiUnit:
         base = (
             f"https://{api_id}.execute-api.{self.ctx.region}.{self.ctx.url_suffix}/{self.o.stage}"
         )
-        urls = {"convert": f"{base}/convert", "health": f"{base}/health"}
+        urls = {"playground": f"{base}/", "convert": f"{base}/convert", "health": f"{base}/health"}
         return Endpoints(urls, api_key_id=self.api_key.ensure(api_id))
 
     def _create(self) -> dict[str, Any] | None:
@@ -101,6 +102,10 @@ class RestApiUnit:
         for route in rest_route_names():
             self.report.changed(f"route {route} -> alias {self.ctx.names.alias}", "created")
         self.report.changed(f"deployment to stage {self.o.stage}", "created")
+        self.report.changed(
+            f"stage {self.o.stage} throttling",
+            "set",
+        )
         self.report.changed("invoke permission for the REST API", "added")
         if self.o.api_key:
             self.report.changed(f"API key {self.ctx.names.api_key} and usage plan", "created")
@@ -194,6 +199,33 @@ class RestApiUnit:
             lambda: self.ctx.apigw.create_deployment(
                 restApiId=api_id, stageName=self.o.stage, description="deploy.py"
             ),
+        )
+
+    def _ensure_throttling(self, api_id: str) -> None:
+        """Stage-wide throttling (every method, ``*/*``): a public URL cannot be flooded
+        beyond it, whoever calls, key or not."""
+        rate, burst = self.o.throttle_rate, self.o.throttle_burst
+        what = f"stage {self.o.stage} throttling"
+        detail = f"{rate:g} requests/s, burst {burst}"
+        stage = get_or_none(self.ctx.apigw.get_stage, restApiId=api_id, stageName=self.o.stage)
+        current = ((stage or {}).get("methodSettings") or {}).get("*/*") or {}
+        if (
+            float(current.get("throttlingRateLimit", -1)) == rate
+            and int(current.get("throttlingBurstLimit", -1)) == burst
+        ):
+            self.report.unchanged(what, detail)
+            return
+        operations = [
+            {"op": "replace", "path": "/*/*/throttling/rateLimit", "value": f"{rate:g}"},
+            {"op": "replace", "path": "/*/*/throttling/burstLimit", "value": str(burst)},
+        ]
+        self.report.apply(
+            what,
+            "set",
+            lambda: self.ctx.apigw.update_stage(
+                restApiId=api_id, stageName=self.o.stage, patchOperations=operations
+            ),
+            detail,
         )
 
     def remove(self, reason: str) -> bool:

@@ -153,7 +153,7 @@ def loopback_env(
     import settings
 
     env = {
-        "ALLOWED_HOSTS": "127.0.0.1",
+        "ALLOWED_HOSTS": "127.0.0.1:*",
         "S3_ENDPOINT_URL": moto_s3.endpoint_url,
         "R2_ENDPOINT_URL": moto_r2.endpoint_url,
         "R2_ACCESS_KEY_ID": moto_r2.access_key_id,

@@ -167,7 +167,7 @@ def api_settings(temp_root: Path) -> Settings:
     return load_settings(
         {
             "temp_root": str(temp_root),
-            "allowed_hosts": "127.0.0.1",
+            "allowed_hosts": "127.0.0.1:*",
             "log_level": "DEBUG",
             "download_retries": 0,
             "connect_timeout_seconds": 3,
@@ -374,7 +374,7 @@ def handler_env(
     """Settings from the environment, as in Lambda, pointing at loopback servers."""
     root = tmp_path / "handler-temp"
     env = {
-        "ALLOWED_HOSTS": "127.0.0.1",
+        "ALLOWED_HOSTS": "127.0.0.1:*",
         "TEMP_ROOT": str(root),
         "LOG_LEVEL": "DEBUG",
         "DOWNLOAD_RETRIES": "1",
@@ -527,7 +527,7 @@ def test_no_secret_or_patient_name_in_local_api_logs(
     settings = load_settings(
         {
             "temp_root": api_settings.temp_root,
-            "allowed_hosts": "127.0.0.1",
+            "allowed_hosts": "127.0.0.1:*",
             "log_level": "DEBUG",
             "download_retries": 1,
             "download_deadline_seconds": 3,

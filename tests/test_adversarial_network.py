@@ -162,7 +162,7 @@ def audit(caplog: pytest.LogCaptureFixture) -> Iterator[Audit]:
 
 # The policies under test, given to every download as an argument: loopback (where
 # the hostile servers listen) allowlisted, and the default (no ALLOWED_HOSTS).
-LOOPBACK = UrlPolicy(allowed_hosts=("127.0.0.1",))
+LOOPBACK = UrlPolicy(allowed_hosts=("127.0.0.1:*",))
 DEFAULT_POLICY = UrlPolicy()
 
 

@@ -26,11 +26,11 @@ import pytest
 import file_downloader as fd
 from errors import (
     BlockedByPolicy,
-    ConfigurationError,
     Forbidden,
     InvalidUrl,
     NotFound,
     ServiceError,
+    SourceNotConfigured,
     TooLarge,
     UpstreamError,
     UpstreamTimeout,
@@ -46,7 +46,7 @@ MIB = 1024 * 1024
 # --------------------------------------------------------------------------- helpers
 
 # Loopback allowlisted: the test servers listen on 127.0.0.1.
-LOOPBACK = UrlPolicy(allowed_hosts=("127.0.0.1",))
+LOOPBACK = UrlPolicy(allowed_hosts=("127.0.0.1:*",))
 
 
 def make_options(**overrides: Any) -> fd.DownloadOptions:
@@ -184,7 +184,7 @@ def test_https_uses_the_ca_bundle_from_requests_ca_bundle(
 ) -> None:
     url = https_server.put("secure/CT small.dcm", sample_dicom)
     # REQUESTS_CA_BUNDLE (the standard variable) is what the settings read for ca_bundle.
-    env = {"REQUESTS_CA_BUNDLE": str(tls_ca.bundle), "ALLOWED_HOSTS": "127.0.0.1"}
+    env = {"REQUESTS_CA_BUNDLE": str(tls_ca.bundle), "ALLOWED_HOSTS": "127.0.0.1:*"}
     settings = load_settings(environ=env)
     assert settings.requests_ca_bundle == str(tls_ca.bundle)
     options = make_options(ca_bundle=settings.requests_ca_bundle)
@@ -217,7 +217,7 @@ def test_connects_to_the_checked_address_and_verifies_the_url_host_name(
             lookups.append(host)
             return ["127.0.0.2"] if len(lookups) == 1 else ["127.0.0.1"]
 
-        policy = UrlPolicy(allowed_hosts=("localhost", "127.0.0.2"), resolver=resolver)
+        policy = UrlPolicy(allowed_hosts=("localhost:*", "127.0.0.2:*"), resolver=resolver)
         url = f"https://localhost:{server.port}/a.dcm"
         options = make_options(ca_bundle=str(tls_ca.bundle))
         fetch_and_check(url, dest, sample_dicom, options=options, policy=policy)
@@ -301,7 +301,7 @@ def test_redirect_to_metadata_is_refused_without_allowlist(
     # The first hop is admitted by resolving a name to loopback, the second is refused
     # by the address classifier: nothing connects to 169.254.169.254.
     policy = UrlPolicy(
-        allowed_hosts=("metadata.test", "127.0.0.1/32"),
+        allowed_hosts=("metadata.test", "127.0.0.1/32:*"),
         resolver=table_resolver({"metadata.test": ["169.254.169.254"]}),
     )
     url = http_server.route("meta", servers.redirect("http://metadata.test/latest/meta-data/"))
@@ -484,7 +484,7 @@ options = file_downloader.DownloadOptions(
     max_bytes=2**24, min_free_bytes=0, connect_timeout=3, read_timeout=5,
     deadline_seconds=20, retries=0, max_redirects=0,
 )
-policy = UrlPolicy(allowed_hosts=("127.0.0.1",))
+policy = UrlPolicy(allowed_hosts=("127.0.0.1:*",))
 path = file_downloader.fetch({url!r}, Path({str(tmp_path)!r}), options, policy)
 print(sorted(m for m in sys.modules if m.split(".")[0] in ("boto3", "botocore")))
 """
@@ -654,7 +654,7 @@ def test_s3_missing_object_is_not_found(
 def test_s3_bucket_outside_allowed_buckets_is_refused(
     moto_s3: servers.MotoServer, s3_object: Path, dest: Path
 ) -> None:
-    policy = UrlPolicy(allowed_hosts=("127.0.0.1",), allowed_buckets=("other-*",))
+    policy = UrlPolicy(allowed_hosts=("127.0.0.1:*",), allowed_buckets=("other-*",))
     url = f"s3://{S3_BUCKET}/{S3_KEY_IN_URL}"
     error = refuse(BlockedByPolicy, url, dest, options=s3_options(moto_s3), policy=policy)
     assert S3_BUCKET in error.message and "ALLOWED_BUCKETS" in error.message
@@ -729,13 +729,14 @@ def test_r2_corpus_files_arrive_intact(
         fetch_and_check(f"r2://{R2_BUCKET}/corpus/{path.name}", dest, path, options=options)
 
 
-def test_r2_without_credentials_is_a_configuration_error(
+def test_r2_without_credentials_is_a_4xx_that_says_so(
     moto_r2: servers.MotoServer, dest: Path
 ) -> None:
+    # The caller can send another URL: a 500 would blame the deployment for a request.
     options = r2_options(moto_r2, r2_access_key_id="", r2_secret_access_key="")
-    error = refuse(ConfigurationError, f"r2://{R2_BUCKET}/studies/a.dcm", dest, options=options)
-    assert "R2_ACCESS_KEY_ID" in error.message and "R2_SECRET_ACCESS_KEY" in error.message
-    assert error.status == 500
+    error = refuse(SourceNotConfigured, f"r2://{R2_BUCKET}/studies/a.dcm", dest, options=options)
+    assert "does not read R2" in error.message and "R2_ACCESS_KEY_ID" in error.message
+    assert (error.status, error.code) == (400, "source_not_configured")
 
 
 def test_r2_refuses_other_keys(

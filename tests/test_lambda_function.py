@@ -57,7 +57,7 @@ def make_settings(temp_root: Path) -> MakeSettings:
     def build(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "temp_root": str(temp_root),
-            "allowed_hosts": "127.0.0.1",
+            "allowed_hosts": "127.0.0.1:*",
             "download_retries": 0,
             "connect_timeout_seconds": 2,
             "read_timeout_seconds": 5,
@@ -734,16 +734,17 @@ def test_404_when_the_source_has_no_such_file(
     assert_error(answer, 404, "not_found")
 
 
-def test_415_for_a_jpeg_xl_file(
+def test_a_jpeg_xl_file_renders(
     http_server: servers.HttpServer, make_settings: MakeSettings
 ) -> None:
     url = http_server.put("will-jxl.dcm", corpus_file("will-jxl.dcm"))
-    document = assert_error(
-        invoke(with_url(load_event("url_convert_post"), url), make_settings()),
-        415,
-        "unsupported_transfer_syntax",
-    )
-    assert "JPEG XL" in document["message"]
+    answer = invoke(with_url(load_event("url_convert_post"), url), make_settings())
+    assert answer.status == 200
+    assert answer.document is not None
+    data = answer.document["data"]
+    assert data["transfer_syntax"] == "1.2.840.10008.1.2.4.111"
+    assert data["transfer_syntax_name"] == "JPEG XL JPEG Recompression"
+    assert (data["width"], data["height"]) == (1016, 708)
 
 
 def test_422_for_files_that_are_not_renderable_dicom(
@@ -972,7 +973,7 @@ def test_in_lambda_every_module_logs_json_lines_with_the_request_id(
     env = {
         **os.environ,
         "AWS_LAMBDA_FUNCTION_NAME": "dicom-to-jpg-converter",
-        "ALLOWED_HOSTS": "127.0.0.1",
+        "ALLOWED_HOSTS": "127.0.0.1:*",
         "TEMP_ROOT": str(temp_root),
     }
     event = with_url(load_event("rest_convert_post"), sample_url)

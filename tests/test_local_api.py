@@ -60,7 +60,7 @@ def api_settings(tmp_path_factory: pytest.TempPathFactory, moto_s3: servers.Moto
     return load_settings(
         {
             "temp_root": str(tmp_path_factory.mktemp("api-temp")),
-            "allowed_hosts": "127.0.0.1",
+            "allowed_hosts": "127.0.0.1:*",
             "download_retries": 0,
             "connect_timeout_seconds": 1,
             "read_timeout_seconds": 3,

@@ -28,7 +28,7 @@ from url_policy import UrlPolicy
 def settings_for(temp_root: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "temp_root": str(temp_root),
-        "allowed_hosts": "127.0.0.1",
+        "allowed_hosts": "127.0.0.1:*",
         "download_retries": 0,
         "connect_timeout_seconds": 2,
         "read_timeout_seconds": 5,
@@ -71,7 +71,7 @@ def test_each_room_receives_its_own_settings(temp_root: Path) -> None:
         10,
     )
     assert download.retries == 0 and download.endpoints.s3 == "http://127.0.0.1:9"
-    assert rooms.policy.allowed_hosts == ("127.0.0.1",)
+    assert rooms.policy.allowed_hosts == ("127.0.0.1:*",)
     assert rooms.policy.allowed_buckets == ("scans-*",)
     assert rooms.render == RenderLimits(max_pixel_bytes=4096, default_quality=70)
     assert rooms.temp == TempPolicy(str(temp_root), 60, 600, 99)

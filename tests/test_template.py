@@ -104,3 +104,29 @@ def test_role_is_least_privilege(template: dict[str, Any]) -> None:
     assert conditions["HasS3Access"] == {
         "Fn::Or": [{"Condition": "HasAllowedBuckets"}, {"Condition": "HasOutputBucket"}]
     }
+
+
+def test_the_api_stage_is_throttled_like_deploy(template: dict[str, Any]) -> None:
+    api = resource(template, "AWS::Serverless::Api")
+    parameters = template["Parameters"]
+    (setting,) = api["MethodSettings"]
+    assert (setting["ResourcePath"], setting["HttpMethod"]) == ("/*", "*")
+    assert setting["ThrottlingRateLimit"] == {"Ref": "ThrottleRate"}
+    assert setting["ThrottlingBurstLimit"] == {"Ref": "ThrottleBurst"}
+    # The same defaults as deploy.py's --throttle-rate and --throttle-burst.
+    assert (parameters["ThrottleRate"]["Default"], parameters["ThrottleBurst"]["Default"]) == (
+        10,
+        20,
+    )
+
+
+def test_reserved_concurrency_is_a_parameter(template: dict[str, Any]) -> None:
+    function = resource(template, "AWS::Serverless::Function")
+    assert function["ReservedConcurrentExecutions"] == {
+        "Fn::If": [
+            "HasReservedConcurrency",
+            {"Ref": "ReservedConcurrency"},
+            {"Ref": "AWS::NoValue"},
+        ]
+    }
+    assert template["Parameters"]["ReservedConcurrency"]["Default"] == 0

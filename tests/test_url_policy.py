@@ -309,16 +309,16 @@ def test_default_policy_accepts_public_hosts() -> None:
 @pytest.mark.parametrize(
     ("allowed", "url", "admitted"),
     [
-        ("127.0.0.1", "http://127.0.0.1:8080/a", True),
-        ("127.0.0.1", "http://127.0.0.2:8080/a", False),
-        ("127.0.0.1", "http://localhost:8080/a", False),
-        ("127.0.0.1", "http://2130706433:8080/a", False),
-        ("127.0.0.1", "http://[::ffff:127.0.0.1]:8080/a", False),
-        ("127.0.0.0/8", "http://127.0.0.2:8080/a", True),
-        ("::1", "http://[::1]:8080/a", True),
+        ("127.0.0.1:8080", "http://127.0.0.1:8080/a", True),
+        ("127.0.0.1:*", "http://127.0.0.2:8080/a", False),
+        ("127.0.0.1:*", "http://localhost:8080/a", False),
+        ("127.0.0.1:*", "http://2130706433:8080/a", False),
+        ("127.0.0.1:*", "http://[::ffff:127.0.0.1]:8080/a", False),
+        ("127.0.0.0/8:8080", "http://127.0.0.2:8080/a", True),
+        ("[::1]:8080", "http://[::1]:8080/a", True),
         # A listed name is not enough for a private address: list the address too.
-        ("localhost", "http://localhost:8080/a", False),
-        ("localhost,127.0.0.1", "http://localhost:8080/a", True),
+        ("localhost:8080", "http://localhost:8080/a", False),
+        ("localhost:8080,127.0.0.1:8080", "http://localhost:8080/a", True),
         ("intranet.test", "http://intranet.test/a", False),
         ("intranet.test,10.0.0.0/8", "http://intranet.test/a", True),
         ("*.test", "http://public.test/a", True),
@@ -326,7 +326,7 @@ def test_default_policy_accepts_public_hosts() -> None:
         ("*.example.org", "http://public.test/a", False),
         ("public.test", "http://public.test/a", True),
         ("public.test", "http://8.8.8.8/a", False),
-        ("127.0.0.1", "ftp://127.0.0.1:2121/a.dcm", True),
+        ("127.0.0.1:2121", "ftp://127.0.0.1:2121/a.dcm", True),
     ],
 )
 def test_allowed_hosts_is_the_only_allowed_set(allowed: str, url: str, admitted: bool) -> None:
@@ -377,18 +377,18 @@ def test_the_policy_is_a_frozen_value_and_its_resolver_is_injected() -> None:
         calls.append((host, port))
         return ["93.184.216.34"]
 
-    policy = UrlPolicy(allowed_hosts=("*.test",), resolver=resolver)
+    policy = UrlPolicy(allowed_hosts=("*.test:*",), resolver=resolver)
     assert policy.check_url("https://public.test:8443/a").port == 8443
     assert calls == [("public.test", 8443)]
     with pytest.raises(dataclasses.FrozenInstanceError):
         policy.allowed_hosts = ()  # type: ignore[misc]
     # The resolver is how a policy is used, not what it allows.
-    assert policy == UrlPolicy(allowed_hosts=("*.test",))
+    assert policy == UrlPolicy(allowed_hosts=("*.test:*",))
     assert UrlPolicy().resolver is url_policy.resolve_system
 
 
 def test_narrowing_the_buckets_keeps_the_hosts_and_the_resolver() -> None:
-    policy = UrlPolicy(allowed_hosts=("127.0.0.1",), resolver=no_resolver)
+    policy = UrlPolicy(allowed_hosts=("127.0.0.1:*",), resolver=no_resolver)
     narrowed = dataclasses.replace(policy, allowed_buckets=("uploads",))
     narrowed.check_bucket("uploads")
     with pytest.raises(BlockedByPolicy, match="ALLOWED_BUCKETS"):
