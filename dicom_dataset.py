@@ -16,7 +16,6 @@ Everything here is about the file, not about how it is displayed:
 from __future__ import annotations
 
 import io
-import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from errors import (
     TooLarge,
     UnsupportedImage,
     UnsupportedTransferSyntax,
+    parse_error_text,
 )
 
 if TYPE_CHECKING:
@@ -210,13 +210,6 @@ def is_rendered_tag(tag: int) -> bool:
 
 def tag_name(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
-
-
-def parse_error_text(exc: BaseException) -> str:
-    """A parser's message without the values it quotes (they may be patient data)."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    text = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", text)
-    return text[:200]
 
 
 def _has_dicm_prefix(path: Path) -> bool:

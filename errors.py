@@ -11,6 +11,8 @@ are returned to the caller and written to the logs.
 
 from __future__ import annotations
 
+import re
+
 
 class ServiceError(Exception):
     """Base of every error the service reports on purpose."""
@@ -173,3 +175,10 @@ def describe(exc: BaseException) -> tuple[int, str, str]:
     if isinstance(exc, ServiceError):
         return exc.status, exc.code, exc.message
     return 500, "internal_error", GENERIC_MESSAGE
+
+
+def parse_error_text(exc: BaseException) -> str:
+    """A parser's or codec's message without the values it quotes (they may be patient data)."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", text)
+    return text[:200]

@@ -26,7 +26,6 @@ own header is checked by ``codestream.check_frame_stream`` before a codec runs.
 from __future__ import annotations
 
 import io
-import re
 import struct
 import sys
 from collections.abc import Callable, Iterator
@@ -38,7 +37,7 @@ import numpy as np
 import codestream
 from codestream import PixelModule
 from dicom_codecs import BY_UID, JPEG_BASELINE, NATIVE_SYNTAXES, serving_codec
-from errors import CorruptDicom, ServiceError, UnsupportedImage
+from errors import CorruptDicom, ServiceError, UnsupportedImage, parse_error_text
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -95,19 +94,13 @@ def frame_stream(ds: Dataset, index: int, module: PixelModule) -> bytes:
             ds.PixelData, index, number_of_frames=module.frames, extended_offsets=extended
         )
     except (ValueError, KeyError, IndexError, TypeError, struct.error) as exc:
-        raise CorruptDicom(f"the encapsulated pixel data is invalid: {error_text(exc)}") from exc
+        reason = parse_error_text(exc)
+        raise CorruptDicom(f"the encapsulated pixel data is invalid: {reason}") from exc
     return bytes(stream)
 
 
-def error_text(exc: BaseException) -> str:
-    """A codec's message without the values it quotes (as dicom_dataset.parse_error_text)."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    text = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", text)
-    return text[:200]
-
-
 def _decode_failed(exc: BaseException) -> CorruptDicom:
-    return CorruptDicom(f"the pixel data could not be decoded: {error_text(exc)}")
+    return CorruptDicom(f"the pixel data could not be decoded: {parse_error_text(exc)}")
 
 
 def _run(
