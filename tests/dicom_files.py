@@ -14,6 +14,15 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 def write_image(folder: Path, pixels: np.ndarray, name: str = "image.dcm", **attrs: Any) -> Path:
     """Write a single-frame grayscale (or RGB) image with the given attributes."""
+    ds = image_dataset(pixels, **attrs)
+    ds.PixelData = pixels.tobytes()
+    path = folder / name
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def image_dataset(pixels: np.ndarray, **attrs: Any) -> Dataset:
+    """The dataset of a single-frame image shaped like `pixels`, without its Pixel Data."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -34,10 +43,7 @@ def write_image(folder: Path, pixels: np.ndarray, name: str = "image.dcm", **att
     ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
     for key, value in attrs.items():
         setattr(ds, key, value)
-    ds.PixelData = pixels.tobytes()
-    path = folder / name
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return ds
 
 
 def _explicit_le_element(group: int, element: int, vr: bytes, value: bytes) -> bytes:

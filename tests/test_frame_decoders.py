@@ -34,7 +34,7 @@ from dicom_dataset import (
 )
 from errors import CorruptDicom, TooLarge, UnsupportedTransferSyntax
 from tests.corpus import bundled_file, corpus_file
-from tests.dicom_files import write_image
+from tests.dicom_files import image_dataset, write_image
 
 BUDGET = 1 << 30
 JPEG_LS = "1.2.840.10008.1.2.4.80"
@@ -90,20 +90,10 @@ def corpus_pixels(name: str) -> np.ndarray:
 
 def encapsulated(pixels: np.ndarray, stream: bytes, uid: str, **attrs: Any) -> Dataset:
     """An in-memory single-frame dataset holding `stream` as its one fragment."""
-    ds = Dataset()
-    ds.file_meta = Dataset()
+    ds = image_dataset(pixels, **attrs)
     ds.file_meta.TransferSyntaxUID = uid
-    ds.Rows, ds.Columns = pixels.shape[:2]
-    ds.SamplesPerPixel = 1 if pixels.ndim == 2 else pixels.shape[2]
-    ds.PhotometricInterpretation = "MONOCHROME2" if pixels.ndim == 2 else "RGB"
-    if pixels.ndim == 3:
-        ds.PlanarConfiguration = 0
-    ds.BitsAllocated = pixels.dtype.itemsize * 8
-    ds.BitsStored = ds.BitsAllocated
-    ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    ds.HighBit = ds.BitsStored - 1
+    if "HighBit" not in attrs:
+        ds.HighBit = ds.BitsStored - 1
     ds.PixelData = encapsulate([stream])
     ds["PixelData"].VR = "OB"
     return ds

@@ -16,6 +16,7 @@ import re
 import shutil
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,14 +74,23 @@ def api_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     )
 
 
+@contextmanager
+def local_server(event_format: str, api_settings: Settings) -> Iterator[str]:
+    """The local API on a free loopback port, for the length of the block."""
+    handler = functools.partial(lambda_function.handle, settings=api_settings)
+    server = local_api.make_server("127.0.0.1", 0, event_format, handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.url
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture(scope="module")
 def api(api_settings: Settings) -> Iterator[str]:
-    handler = functools.partial(lambda_function.handle, settings=api_settings)
-    server = local_api.make_server("127.0.0.1", 0, "rest", handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.url
-    server.shutdown()
-    server.server_close()
+    with local_server("rest", api_settings) as url:
+        yield url
 
 
 # ---------------------------------------------------------------------------
@@ -114,16 +124,10 @@ def test_the_page_is_served_under_a_stage_and_through_every_event_shape(
     api_settings: Settings,
 ) -> None:
     for event_format in local_api.EVENT_FORMATS:
-        handler = functools.partial(lambda_function.handle, settings=api_settings)
-        server = local_api.make_server("127.0.0.1", 0, event_format, handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        try:
-            answer = requests.get(server.url + "/", timeout=10)
-            assert answer.status_code == 200, event_format
-            assert 'id="render"' in answer.text
-        finally:
-            server.shutdown()
-            server.server_close()
+        with local_server(event_format, api_settings) as url:
+            answer = requests.get(url + "/", timeout=10)
+        assert answer.status_code == 200, event_format
+        assert 'id="render"' in answer.text
 
 
 # ---------------------------------------------------------------------------
@@ -189,6 +193,13 @@ def render(driver: Any, url: str) -> None:
     driver.find_element("id", "render").click()
 
 
+def show(driver: Any, api: str, url: str, expected: str) -> None:
+    """Open the page, render `url`, and wait until the info line says `expected`."""
+    open_page(driver, api)
+    render(driver, url)
+    wait_for(driver, lambda d: expected in text_of(d, "info"))
+
+
 def console_errors(driver: Any) -> list[str]:
     return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
@@ -207,9 +218,7 @@ def request_urls(driver: Any) -> list[str]:
 def test_paste_a_url_render_and_see_the_image_and_window(
     browser: Any, api: str, files: servers.HttpServer
 ) -> None:
-    open_page(browser, api)
-    render(browser, files.url("ct.dcm"))
-    wait_for(browser, lambda d: "frame 1 of 1" in text_of(d, "info"))
+    show(browser, api, files.url("ct.dcm"), "frame 1 of 1")
     image = browser.find_element("id", "image")
     assert image.get_attribute("src").startswith("data:image/jpeg;base64,")
     assert browser.execute_script("return arguments[0].naturalWidth", image) == 128
@@ -231,9 +240,7 @@ def test_dragging_on_the_image_changes_the_window_and_the_image(
 ) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
 
-    open_page(browser, api)
-    render(browser, files.url("ct.dcm"))
-    wait_for(browser, lambda d: "frame 1 of 1" in text_of(d, "info"))
+    show(browser, api, files.url("ct.dcm"), "frame 1 of 1")
     image = browser.find_element("id", "image")
     before_src = image.get_attribute("src")
     ActionChains(browser).click_and_hold(image).move_by_offset(60, -30).release().perform()
@@ -249,9 +256,7 @@ def test_dragging_on_the_image_changes_the_window_and_the_image(
 def test_a_preset_is_applied(browser: Any, api: str, files: servers.HttpServer) -> None:
     from selenium.webdriver.support.ui import Select
 
-    open_page(browser, api)
-    render(browser, files.url("ct.dcm"))
-    wait_for(browser, lambda d: "frame 1 of 1" in text_of(d, "info"))
+    show(browser, api, files.url("ct.dcm"), "frame 1 of 1")
     Select(browser.find_element("id", "preset")).select_by_value("lung")
     wait_for(browser, lambda d: "window -600 / 1500 LINEAR (preset)" in text_of(d, "info"))
     assert console_errors(browser) == []
@@ -260,9 +265,7 @@ def test_a_preset_is_applied(browser: Any, api: str, files: servers.HttpServer) 
 def test_frame_7_of_13_from_the_keyboard(browser: Any, api: str, files: servers.HttpServer) -> None:
     from selenium.webdriver.common.keys import Keys
 
-    open_page(browser, api)
-    render(browser, files.url("cine.dcm"))
-    wait_for(browser, lambda d: "frame 1 of 13" in text_of(d, "info"))
+    show(browser, api, files.url("cine.dcm"), "frame 1 of 13")
     slider = browser.find_element("id", "frame")
     assert slider.is_displayed()
     for _ in range(6):
@@ -293,9 +296,7 @@ def test_a_missing_file_shows_the_api_message(
 def test_copy_curl_gives_the_same_request(
     browser: Any, api: str, files: servers.HttpServer
 ) -> None:
-    open_page(browser, api)
-    render(browser, files.url("ct.dcm"))
-    wait_for(browser, lambda d: "frame 1 of 1" in text_of(d, "info"))
+    show(browser, api, files.url("ct.dcm"), "frame 1 of 1")
     browser.find_element("id", "copy-curl").click()
     command = wait_for(browser, lambda d: text_of(d, "curl"))
     assert command.startswith("curl -sS -H 'Accept: image/jpeg' '")
