@@ -16,7 +16,6 @@ Everything here is about the file, not about how it is displayed:
 from __future__ import annotations
 
 import io
-import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -453,15 +452,10 @@ def embedded_jpeg_frame(ds: Dataset, index: int, module: ImagePixelModule) -> by
         or module.photometric_interpretation not in _PASSTHROUGH_PHOTOMETRIC
     ):
         return None
-    from pydicom.encaps import get_frame
+    import frame_decoders
 
-    try:
-        stream = get_frame(ds.PixelData, index, number_of_frames=module.frames)
-    except (ValueError, KeyError, IndexError, TypeError, struct.error) as exc:
-        raise CorruptDicom(
-            f"the encapsulated pixel data is invalid: {parse_error_text(exc)}"
-        ) from exc
-    stream = bytes(stream)
+    # Read from the file alone: only this frame's bytes, wherever Pixel Data is deferred.
+    stream = frame_decoders.frame_stream(ds, index, module)
     # Trailing padding after EOI is allowed in DICOM fragments; strip it.
     end = stream.rfind(b"\xff\xd9")
     if not stream.startswith(b"\xff\xd8") or end < 0:

@@ -9,7 +9,11 @@ manner of requests' transport adapters:
   and HTTP downloaders connect to exactly the addresses it checked, so a second DNS
   answer cannot swap the target (DNS rebinding), and every redirect hop is checked;
 * ``DownloadOptions`` carries what the operator configured; ``Limits`` is the size,
-  free-space, time and retry budget of one download, with its deadline.
+  free-space, time and retry budget of one download, with its deadline (both in
+  ``download_limits``, shared with ``ranged_reads``);
+* every download also names the version it got, a ``SourceIdentity`` (S3 ETag and
+  VersionId, HTTP ETag or Last-Modified, FTP MDTM and SIZE, else the bytes' sha256);
+  ``probe`` asks the source for it without downloading.
 
 Errors of requests and ftplib are translated into ``errors`` types here, those of
 botocore in ``s3_store``. Messages and logs show URLs only through
@@ -19,24 +23,21 @@ downloaders alone, so an HTTP download does not pay for it at cold start.
 
 from __future__ import annotations
 
-import errno
 import ftplib
+import hashlib
 import ipaddress
 import logging
 import secrets
-import shutil
 import socket
 import ssl
-import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import closing, suppress
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from types import TracebackType
-from typing import Any, BinaryIO, TypeVar
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -45,17 +46,25 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 
 import s3_store
+from download_limits import (
+    CHUNK_BYTES,
+    DownloadOptions,
+    Limits,
+    Retry,
+    Sink,
+    Watchdog,
+    local_error,
+    safe_cause,
+    with_retries,
+)
 from errors import (
     BlockedByPolicy,
-    ConfigurationError,
     Forbidden,
     InvalidUrl,
     NotFound,
     ServiceError,
     SourceNotConfigured,
-    TooLarge,
     UpstreamError,
-    UpstreamTimeout,
 )
 from service_log import redact_url, shown_url
 from url_policy import (
@@ -63,7 +72,6 @@ from url_policy import (
     FtpTarget,
     IPAddress,
     ObjectLocation,
-    SourceEndpoints,
     UrlPolicy,
     ftp_target,
     parse_object_url,
@@ -73,297 +81,105 @@ from url_policy import (
 
 logger = logging.getLogger("file_downloader")
 
-CHUNK_BYTES = 64 * 1024
-# Free space is measured again after every this many bytes written.
-SPACE_CHECK_BYTES = 1024 * 1024
-# First pause between attempts; it doubles on each retry.
-BACKOFF_SECONDS = 0.2
 USER_AGENT = "dicom-to-jpg-converter/1.0"
 
-T = TypeVar("T")
+__all__ = [
+    "DOWNLOADERS",
+    "Download",
+    "DownloadOptions",
+    "Limits",
+    "SourceIdentity",
+    "download",
+    "fetch",
+    "probe",
+]
 
+# --------------------------------------------------------------------------- identity
 
-def _safe_cause(exc: BaseException, url: str) -> BaseException | None:
-    """``exc`` as the cause to chain, or None when its text could reveal a secret.
-
-    requests and urllib3 put the request path and query into their exception text, so
-    for a URL that carries user info or a query the cause is left out of the chain.
-    """
-    return exc if redact_url(url) == url else None
-
-
-# --------------------------------------------------------------------------- limits
-
-
-@dataclass(frozen=True)
-class DownloadOptions:
-    """Everything a download needs except the URL policy; built once per environment."""
-
-    max_bytes: int
-    min_free_bytes: int
-    connect_timeout: float
-    read_timeout: float
-    deadline_seconds: float
-    retries: int
-    max_redirects: int
-    endpoints: SourceEndpoints = field(default_factory=SourceEndpoints)
-    r2_access_key_id: str | None = field(default=None, repr=False)
-    r2_secret_access_key: str | None = field(default=None, repr=False)
-    # CA bundle (file or folder) for HTTPS and FTPS (REQUESTS_CA_BUNDLE).
-    ca_bundle: str | None = None
-
-    def s3_config(self) -> s3_store.S3Config:
-        """Client settings for reads; retries are ours (``_with_retries``), not botocore's,
-        so every source has the same budget (DOWNLOAD_RETRIES) and backoff."""
-        return s3_store.S3Config(
-            endpoint_url=self.endpoints.s3,
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-            retries=0,
-        )
+# Longer validators are hashed: the value travels into ETags and logs.
+MAX_VALIDATOR_CHARS = 200
 
 
 @dataclass(frozen=True)
-class Limits:
-    """The budget of one download: the options' size, space and attempts, and its deadline."""
+class SourceIdentity:
+    """What names one version of a source object, for caches and ETags.
 
-    options: DownloadOptions
-    # DOWNLOAD_DEADLINE_SECONDS, or less when the caller's own deadline is nearer.
-    deadline_seconds: float
-    # time.monotonic() value at which the download must have finished.
-    deadline: float
-
-    @classmethod
-    def from_options(
-        cls, options: DownloadOptions, deadline_seconds: float | None = None
-    ) -> Limits:
-        """The budget of a download starting now; ``deadline_seconds`` may only shorten it."""
-        seconds = options.deadline_seconds
-        if deadline_seconds is not None:
-            seconds = min(seconds, deadline_seconds)
-        return cls(options, seconds, time.monotonic() + seconds)
-
-    def remaining(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def check_deadline(self, url: str) -> float:
-        """Seconds left before the deadline; raises ``UpstreamTimeout`` when none are."""
-        left = self.remaining()
-        if left <= 0:
-            raise self.deadline_error(url)
-        return left
-
-    def connect_timeout_now(self, url: str) -> float:
-        return min(self.options.connect_timeout, self.check_deadline(url))
-
-    def read_timeout_now(self, url: str) -> float:
-        """The socket read timeout for the next read: never past the deadline."""
-        return min(self.options.read_timeout, self.check_deadline(url))
-
-    def deadline_error(self, url: str) -> UpstreamTimeout:
-        return UpstreamTimeout(
-            f"downloading {shown_url(url)} did not finish within DOWNLOAD_DEADLINE_SECONDS "
-            f"({self.deadline_seconds:g} s); use a faster source or a smaller file"
-        )
-
-    def timeout_error(self, url: str, phase: str) -> UpstreamTimeout:
-        """The error for a socket timeout: the deadline's, or the per-phase limit's."""
-        if self.remaining() <= 0:
-            return self.deadline_error(url)
-        if phase == "connect":
-            return UpstreamTimeout(
-                f"connecting to the host of {shown_url(url)} timed out after "
-                f"CONNECT_TIMEOUT_SECONDS ({self.options.connect_timeout:g} s)"
-            )
-        return UpstreamTimeout(
-            f"the source of {shown_url(url)} sent nothing for READ_TIMEOUT_SECONDS "
-            f"({self.options.read_timeout:g} s)"
-        )
-
-
-def _local_error(exc: OSError, dest: Path) -> ServiceError:
-    """A failure of the work folder itself, not of the source."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return TooLarge("the work folder ran out of space during the download")
-    return ConfigurationError(f"cannot write the download into {dest.parent}: {exc.strerror}")
-
-
-class _Sink:
-    """The destination file of one attempt; enforces size, free space and deadline."""
-
-    def __init__(self, path: Path, limits: Limits, url: str) -> None:
-        self.path = path
-        self.size = 0
-        self._limits = limits
-        self._url = url
-        self._next_space_check = 0
-        try:
-            self._file: BinaryIO = path.open("wb")
-        except OSError as exc:
-            raise _local_error(exc, path) from exc
-
-    def __enter__(self) -> _Sink:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._file.close()
-
-    def expect(self, length: int | None) -> None:
-        """Refuse before the transfer when the announced length cannot fit."""
-        if length is None:
-            self._check_space(0)
-            return
-        if length > self._limits.options.max_bytes:
-            raise self._too_large(f"is {length} bytes")
-        self._check_space(length)
-
-    def write(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > self._limits.options.max_bytes:
-            raise self._too_large(f"sent more than {self._limits.options.max_bytes} bytes")
-        if self.size >= self._next_space_check:
-            self._check_space(len(data))
-            self._next_space_check = self.size + SPACE_CHECK_BYTES
-        try:
-            self._file.write(data)
-        except OSError as exc:
-            raise _local_error(exc, self.path) from exc
-        self._limits.check_deadline(self._url)
-
-    def _too_large(self, what: str) -> TooLarge:
-        return TooLarge(
-            f"the file at {shown_url(self._url)} {what}; the limit is MAX_DOWNLOAD_BYTES "
-            f"({self._limits.options.max_bytes} bytes)"
-        )
-
-    def _check_space(self, incoming: int) -> None:
-        free = shutil.disk_usage(self.path.parent).free
-        if free - incoming < self._limits.options.min_free_bytes:
-            raise TooLarge(
-                f"not enough free space in the work folder to download {shown_url(self._url)}: "
-                f"{free} bytes free, and MIN_FREE_TMP_BYTES "
-                f"({self._limits.options.min_free_bytes}) "
-                "must stay free; raise the function's ephemeral storage or fetch a smaller file"
-            )
-
-
-class _Retry(Exception):
-    """A transient failure; ``error`` is raised once no attempt is left."""
-
-    def __init__(self, error: ServiceError) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
-def _with_retries(operation: Callable[[], T], limits: Limits, url: str) -> T:
-    """Run ``operation``, again after a backoff when it raises ``_Retry``.
-
-    Only transient failures (connection resets, 5xx, throttling) raise ``_Retry``;
-    4xx answers are final. Backoff doubles and never sleeps past the deadline.
-    """
-    attempt = 0
-    while True:
-        try:
-            return operation()
-        except _Retry as retry:
-            delay = BACKOFF_SECONDS * 2**attempt
-            if attempt >= limits.options.retries or limits.remaining() <= delay:
-                raise retry.error from retry.__cause__
-            attempt += 1
-            logger.warning(
-                "retrying %s in %.1f s (attempt %d of %d): %s",
-                redact_url(url),
-                delay,
-                attempt + 1,
-                limits.options.retries + 1,
-                retry.error.message,
-            )
-            time.sleep(delay)
-
-
-class _Watchdog:
-    """Shuts down the sockets of one attempt once the download's deadline has passed.
-
-    Socket timeouts bound each read, not their sum: a server that sends one byte of
-    its status line, headers, TLS handshake or FTP reply just before every timeout
-    would otherwise hold the download far past DOWNLOAD_DEADLINE_SECONDS. A shutdown
-    wakes the blocked read in the downloading thread, which then reports the deadline.
+    ``kind`` says where it comes from: "s3" (ETag + VersionId, S3 and R2), "http-etag",
+    "http-modified" (Last-Modified + length), "ftp" (MDTM + SIZE) or "sha256" (the
+    content hash of a whole download). ``value`` is the source's validator, never a
+    credential or a URL query value.
     """
 
-    def __init__(self, limits: Limits) -> None:
-        self.fired = False
-        self._lock = threading.Lock()
-        # Duplicates of watched sockets: they stay valid when TLS wraps (and detaches)
-        # the original, and their descriptors cannot be reused while we hold them.
-        self._sockets: list[socket.socket] = []
-        self._getters: list[Callable[[], socket.socket | None]] = []
-        self._limits = limits
-        self._timer = threading.Timer(max(limits.remaining(), 0.0), self._expire)
-        self._timer.daemon = True
+    kind: str
+    value: str
+    size: int | None = None
 
-    def __enter__(self) -> _Watchdog:
-        self._timer.start()
-        return self
+    def token(self) -> str:
+        return f"{self.kind}:{self.value}:{'' if self.size is None else self.size}"
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._timer.cancel()
-        with self._lock:
-            sockets, self._sockets, self._getters = self._sockets, [], []
-        for sock in sockets:
-            sock.close()
 
-    def watch(self, target: socket.socket | Callable[[], socket.socket | None]) -> None:
-        """Watch a socket, or a getter read when the deadline passes (for sockets that
-        are created inside a library call that may itself stall)."""
-        with self._lock:
-            if isinstance(target, socket.socket):
-                try:
-                    # fromfd, not dup(): a TLS socket cannot be duplicated as such.
-                    self._sockets.append(socket.fromfd(target.fileno(), target.family, target.type))
-                except OSError:
-                    return
-            else:
-                self._getters.append(target)
-            fired = self.fired
-        if fired:
-            self._fire()
+def _validator(text: str) -> str:
+    text = text.strip()
+    if len(text) > MAX_VALIDATOR_CHARS or not text.isprintable():
+        return "sha256-" + hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
+    return text
 
-    def _expire(self) -> None:
-        # A timer may wake a hair early; the error paths test remaining() <= 0.
-        time.sleep(max(self._limits.remaining(), 0.0))
-        self._fire()
 
-    def _fire(self) -> None:
-        with self._lock:
-            self.fired = True
-            found = [*self._sockets, *(getter() for getter in self._getters)]
-        for sock in found:
-            if sock is None:
-                continue
-            # The plain socket method: on a TLS socket it cuts the connection without
-            # the TLS close exchange, which a stalled peer would not answer.
-            with suppress(OSError):
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+def http_identity(headers: Mapping[str, str], size: int | None) -> SourceIdentity | None:
+    """The identity an HTTP answer gives: its ETag, else Last-Modified with the size."""
+    etag = headers.get("ETag", "").strip()
+    if etag:
+        return SourceIdentity("http-etag", _validator(etag), size)
+    modified = headers.get("Last-Modified", "").strip()
+    if modified and size is not None:
+        return SourceIdentity("http-modified", _validator(modified), size)
+    return None
+
+
+def s3_identity(answer: Mapping[str, Any]) -> SourceIdentity | None:
+    """The identity of an S3 or R2 object from a GetObject/HeadObject answer."""
+    etag = str(answer.get("ETag") or "").strip()
+    if not etag:
+        return None
+    version = str(answer.get("VersionId") or "")
+    length = answer.get("ContentLength")
+    size = length if isinstance(length, int) and "ContentRange" not in answer else None
+    return SourceIdentity("s3", _validator(f"{etag}/{version}"), size)
+
+
+def hashed_identity(sink: Sink) -> SourceIdentity | None:
+    if sink.digest is None:
+        return None
+    return SourceIdentity("sha256", sink.digest.hexdigest(), sink.size)
+
+
+@dataclass(frozen=True)
+class Download:
+    """A whole download: the file, the source's identity, and the bytes transferred."""
+
+    path: Path
+    identity: SourceIdentity
+    size: int
 
 
 # --------------------------------------------------------------------------- downloaders
 
 
 class Downloader:
-    """One source. ``fetch`` writes the object at ``url`` to ``dest`` within ``limits``."""
+    """One source. ``fetch`` writes the object at ``url`` to ``dest`` within ``limits``
+    and leaves the source's identity in ``identity``; ``probe`` asks for it alone."""
 
     source = ""
 
     def __init__(self, options: DownloadOptions, policy: UrlPolicy) -> None:
         self.options = options
         self.policy = policy
+        self.identity: SourceIdentity | None = None
 
     def fetch(self, url: str, dest: Path, limits: Limits) -> Path:
+        raise NotImplementedError
+
+    def probe(self, url: str, limits: Limits) -> SourceIdentity | None:
         raise NotImplementedError
 
 
@@ -377,7 +193,7 @@ class PinnedAddressAdapter(HTTPAdapter):
     while TLS keeps the URL's host name for SNI and certificate verification.
     """
 
-    def __init__(self, address: IPAddress, watchdog: _Watchdog | None = None) -> None:
+    def __init__(self, address: IPAddress, watchdog: Watchdog | None = None) -> None:
         super().__init__(pool_connections=1, pool_maxsize=1, max_retries=0)
         self.address = address
         self.watchdog = watchdog
@@ -408,7 +224,7 @@ class PinnedAddressAdapter(HTTPAdapter):
         return host_params, pool_kwargs
 
 
-def _watched_connection(base: type, watchdog: _Watchdog) -> type:
+def _watched_connection(base: type, watchdog: Watchdog) -> type:
     """``base`` (a urllib3 connection class) with its socket handed to ``watchdog``.
 
     The socket is taken as soon as it is connected, so the deadline also covers the
@@ -483,7 +299,7 @@ def _content_length(response: requests.Response) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def _set_read_timeout(response: requests.Response, seconds: float) -> None:
+def set_read_timeout(response: requests.Response, seconds: float) -> None:
     """Bound the next socket read by ``seconds``, so a stalled body cannot pass the deadline."""
     connection = getattr(response.raw, "connection", None)
     sock = getattr(connection, "sock", None)
@@ -491,7 +307,7 @@ def _set_read_timeout(response: requests.Response, seconds: float) -> None:
         sock.settimeout(seconds)
 
 
-_REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 _RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
 
 
@@ -505,6 +321,18 @@ class HttpDownloader(Downloader):
     source = "http"
 
     def fetch(self, url: str, dest: Path, limits: Limits) -> Path:
+        self.follow(url, limits, partial(self._attempt, dest=dest, limits=limits))
+        return dest
+
+    def probe(self, url: str, limits: Limits) -> SourceIdentity | None:
+        self.follow(url, limits, partial(self._head, limits=limits))
+        return self.identity
+
+    def follow(
+        self, url: str, limits: Limits, attempt: Callable[[str, Endpoint], str | None]
+    ) -> str:
+        """Run ``attempt`` on ``url`` and on each redirect target it returns, every hop
+        checked by the policy; returns the URL that answered."""
         current = url
         for hop in range(limits.options.max_redirects + 1):
             try:
@@ -516,10 +344,9 @@ class HttpDownloader(Downloader):
                 raise UpstreamError(
                     f"{shown_url(url)} redirected to an invalid URL: {exc.message}"
                 ) from None
-            attempt = partial(self._attempt, current, endpoint, dest, limits)
-            location = _with_retries(attempt, limits, current)
+            location = with_retries(partial(attempt, current, endpoint), limits, current)
             if location is None:
-                return dest
+                return current
             current = self._next_hop(current, location)
         raise UpstreamError(
             f"{shown_url(url)} redirected more than MAX_REDIRECTS "
@@ -544,50 +371,85 @@ class HttpDownloader(Downloader):
 
     def _attempt(self, url: str, endpoint: Endpoint, dest: Path, limits: Limits) -> str | None:
         """One request; the redirect target, or None once the body is on disk."""
-        with requests.Session() as session, _Watchdog(limits) as watchdog:
-            session.trust_env = False  # no proxies or netrc: connect to the checked address
-            adapter = PinnedAddressAdapter(endpoint.addresses[0], watchdog)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            response = self._send(session, url, endpoint, limits)
+        with pinned_session(endpoint, limits) as (session, watchdog):
+            response = send_request(session, "GET", url, endpoint, limits, self.options)
             with response:
-                if response.status_code in _REDIRECT_STATUSES and "Location" in response.headers:
+                if response.status_code in REDIRECT_STATUSES and "Location" in response.headers:
                     return response.headers["Location"]
-                _check_status(response, url)
-                _copy_body(response, dest, limits, url)
+                check_status(response, url)
+                identity = http_identity(response.headers, _whole_length(response))
+                sink = _copy_body(response, dest, limits, url, digest=identity is None)
                 if watchdog.fired:
                     # The shutdown may have ended a body without a declared length early.
                     raise limits.deadline_error(url)
+                self.identity = identity or hashed_identity(sink)
                 return None
 
-    def _send(
-        self, session: requests.Session, url: str, endpoint: Endpoint, limits: Limits
-    ) -> requests.Response:
-        headers = {
-            "Host": endpoint.host_header,
-            "User-Agent": USER_AGENT,
-            "Accept": "*/*",
-            # Ask for the bytes as stored; a server that compresses anyway is decoded.
-            "Accept-Encoding": "identity",
-        }
-        timeout = (limits.connect_timeout_now(url), limits.read_timeout_now(url))
-        try:
-            return session.get(
-                url,
-                headers=headers,
-                stream=True,
-                allow_redirects=False,
-                timeout=timeout,
-                verify=self.options.ca_bundle or True,
-            )
-        except requests.RequestException as exc:
-            raise _requests_error(exc, url, endpoint, limits) from _safe_cause(exc, url)
-        except ValueError:
-            # requests parses a redirect's Location even when it does not follow it.
-            raise UpstreamError(
-                f"{shown_url(url)} answered with a header that cannot be parsed "
-                "(e.g. an invalid Location)"
-            ) from None
+    def _head(self, url: str, endpoint: Endpoint, limits: Limits) -> str | None:
+        """One HEAD request; the redirect target, or None once the validators are read."""
+        with pinned_session(endpoint, limits) as (session, _watchdog):
+            response = send_request(session, "HEAD", url, endpoint, limits, self.options)
+            with response:
+                if response.status_code in REDIRECT_STATUSES and "Location" in response.headers:
+                    return response.headers["Location"]
+                if response.status_code in (405, 501):
+                    # HEAD is optional for a server (RFC 9110 9.3.2): no validator known.
+                    return None
+                check_status(response, url)
+                self.identity = http_identity(response.headers, _whole_length(response))
+                return None
+
+
+@contextmanager
+def pinned_session(
+    endpoint: Endpoint, limits: Limits
+) -> Iterator[tuple[requests.Session, Watchdog]]:
+    """A session that connects only to ``endpoint``'s checked address, under a watchdog."""
+    with requests.Session() as session, Watchdog(limits) as watchdog:
+        session.trust_env = False  # no proxies or netrc: connect to the checked address
+        adapter = PinnedAddressAdapter(endpoint.addresses[0], watchdog)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        yield session, watchdog
+
+
+def send_request(
+    session: requests.Session,
+    method: str,
+    url: str,
+    endpoint: Endpoint,
+    limits: Limits,
+    options: DownloadOptions,
+    extra: Mapping[str, str] | None = None,
+) -> requests.Response:
+    """One request of ours (no redirects followed); failures become ``errors`` types."""
+    headers = {
+        "Host": endpoint.host_header,
+        "User-Agent": USER_AGENT,
+        "Accept": "*/*",
+        # Ask for the bytes as stored; a server that compresses anyway is decoded.
+        "Accept-Encoding": "identity",
+        **(extra or {}),
+    }
+    timeout = (limits.connect_timeout_now(url), limits.read_timeout_now(url))
+    try:
+        return session.request(
+            method,
+            url,
+            headers=headers,
+            stream=True,
+            allow_redirects=False,
+            timeout=timeout,
+            verify=options.ca_bundle or True,
+        )
+    except requests.RequestException as exc:
+        raise _requests_error(exc, url, endpoint, limits) from safe_cause(exc, url)
+    except ValueError:
+        # requests parses a redirect's Location even when it does not follow it.
+        raise UpstreamError(
+            f"{shown_url(url)} answered with a header that cannot be parsed "
+            "(e.g. an invalid Location)"
+        ) from None
 
 
 def _requests_error(
@@ -608,13 +470,13 @@ def _requests_error(
     if isinstance(exc, requests.exceptions.Timeout):
         return limits.timeout_error(url, "read")
     if isinstance(exc, requests.exceptions.ConnectionError):
-        return _Retry(UpstreamError(f"could not connect to {where} or the connection broke"))
+        return Retry(UpstreamError(f"could not connect to {where} or the connection broke"))
     if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema)):
         return InvalidUrl(f"{shown_url(url)} is not a valid HTTP URL")
     return UpstreamError(f"the request to {where} failed ({type(exc).__name__})")
 
 
-def _check_status(response: requests.Response, url: str) -> None:
+def check_status(response: requests.Response, url: str) -> None:
     status = response.status_code
     if status in (200, 203):
         return
@@ -626,34 +488,43 @@ def _check_status(response: requests.Response, url: str) -> None:
             "credentials or a fresh signature"
         )
     if status in _RETRY_STATUSES or status >= 500:
-        raise _Retry(UpstreamError(f"{shown_url(url)} answered HTTP {status}"))
+        raise Retry(UpstreamError(f"{shown_url(url)} answered HTTP {status}"))
     raise UpstreamError(f"{shown_url(url)} answered HTTP {status}; expected 200")
 
 
-def _copy_body(response: requests.Response, dest: Path, limits: Limits, url: str) -> None:
+def _whole_length(response: requests.Response) -> int | None:
+    """The object's size by a whole answer's Content-Length (unknown when encoded)."""
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    return _content_length(response) if encoding in ("", "identity") else None
+
+
+def _copy_body(
+    response: requests.Response, dest: Path, limits: Limits, url: str, digest: bool = False
+) -> Sink:
     decoder = _decoder(response, url)
-    with _Sink(dest, limits, url) as sink:
+    with Sink(dest, limits, url, digest) as sink:
         # A declared length only tells the file size when nothing is encoded.
         sink.expect(_content_length(response) if isinstance(decoder, _Identity) else None)
         while True:
-            _set_read_timeout(response, limits.read_timeout_now(url))
+            set_read_timeout(response, limits.read_timeout_now(url))
             try:
                 # read1 returns after one socket read, so the deadline is checked often.
                 data = response.raw.read1(CHUNK_BYTES, decode_content=False)
             except ReadTimeoutError as exc:
-                raise limits.timeout_error(url, "read") from _safe_cause(exc, url)
+                raise limits.timeout_error(url, "read") from safe_cause(exc, url)
             except (Urllib3Error, OSError) as exc:
                 if limits.remaining() <= 0:
-                    raise limits.deadline_error(url) from _safe_cause(exc, url)
+                    raise limits.deadline_error(url) from safe_cause(exc, url)
                 error = UpstreamError(
                     f"the connection for {shown_url(url)} broke after {sink.size} bytes"
                 )
-                raise _Retry(error) from _safe_cause(exc, url)
+                raise Retry(error) from safe_cause(exc, url)
             if not data:
                 break
             for piece in decoder.decode(data):
                 sink.write(piece)
         decoder.finish()
+    return sink
 
 
 # ---- FTP(S)
@@ -671,7 +542,7 @@ def _reply_code(exc: BaseException) -> str:
     return code if len(code) == 3 and code.isdigit() else "an unreadable reply"
 
 
-def _ftp_error(exc: BaseException, url: str, limits: Limits) -> Exception:
+def ftp_error(exc: BaseException, url: str, limits: Limits) -> Exception:
     code = _reply_code(exc)
     if limits.remaining() <= 0 and not isinstance(exc, (ftplib.error_perm, ftplib.error_temp)):
         # The watchdog cut the connection; whatever broke, the deadline is the cause.
@@ -691,7 +562,7 @@ def _ftp_error(exc: BaseException, url: str, limits: Limits) -> Exception:
         )
     if isinstance(exc, ftplib.error_temp):
         # 4xx FTP replies are transient by definition (RFC 959).
-        return _Retry(
+        return Retry(
             UpstreamError(
                 f"the FTP server could not serve {shown_url(url)} for now (reply {code}); "
                 "try again later"
@@ -706,7 +577,7 @@ def _ftp_error(exc: BaseException, url: str, limits: Limits) -> Exception:
         )
     if isinstance(exc, (ftplib.error_reply, ftplib.error_proto)):
         return UpstreamError(f"the FTP server sent an unexpected reply for {shown_url(url)}")
-    return _Retry(UpstreamError(f"the FTP connection for {shown_url(url)} failed or broke"))
+    return Retry(UpstreamError(f"the FTP connection for {shown_url(url)} failed or broke"))
 
 
 class FtpDownloader(Downloader):
@@ -724,30 +595,38 @@ class FtpDownloader(Downloader):
         request = ftp_target(parts)
         endpoint = self.policy.check_url(url)
         attempt = partial(self._attempt, url, request, endpoint, dest, limits)
-        _with_retries(attempt, limits, url)
+        with_retries(attempt, limits, url)
         return dest
 
     def _attempt(
         self, url: str, request: FtpTarget, endpoint: Endpoint, dest: Path, limits: Limits
     ) -> None:
-        ftp = (
-            ftplib.FTP_TLS(context=_ssl_context(self.options.ca_bundle))
-            if request.tls
-            else ftplib.FTP()
-        )
+        ftp = self.new_ftp(request)
         try:
-            with _Watchdog(limits) as watchdog:
-                # ftplib creates the control socket and reads the greeting in one call.
-                watchdog.watch(lambda: ftp.sock)
-                _ftp_connect(ftp, endpoint, limits, url)
-                watchdog.watch(ftp.sock)
-                _ftp_login(ftp, request, limits, url)
-                _guard_data_port(ftp, self.policy)
+            with Watchdog(limits) as watchdog:
+                self.login(ftp, url, request, endpoint, limits, watchdog)
                 self._retrieve(ftp, request, dest, limits, url, watchdog)
         except ftplib.all_errors as exc:
-            raise _ftp_error(exc, url, limits) from _safe_cause(exc, url)
+            raise ftp_error(exc, url, limits) from safe_cause(exc, url)
         finally:
             ftp.close()
+
+    def login(
+        self,
+        ftp: ftplib.FTP,
+        url: str,
+        request: FtpTarget,
+        endpoint: Endpoint,
+        limits: Limits,
+        watchdog: Watchdog,
+    ) -> None:
+        """Connect ``ftp`` to the checked address, log in, and guard its data ports."""
+        # ftplib creates the control socket and reads the greeting in one call.
+        watchdog.watch(lambda: ftp.sock)
+        _ftp_connect(ftp, endpoint, limits, url)
+        watchdog.watch(ftp.sock)
+        _ftp_login(ftp, request, limits, url)
+        _guard_data_port(ftp, self.policy)
 
     def _retrieve(
         self,
@@ -756,10 +635,12 @@ class FtpDownloader(Downloader):
         dest: Path,
         limits: Limits,
         url: str,
-        watchdog: _Watchdog,
+        watchdog: Watchdog,
     ) -> None:
-        with _Sink(dest, limits, url) as sink:
-            sink.expect(_ftp_size(ftp, request.path))
+        size = ftp_size(ftp, request.path)
+        self.identity = ftp_identity(ftp, request.path, size)
+        with Sink(dest, limits, url, digest=self.identity is None) as sink:
+            sink.expect(size)
             with closing(ftp.transfercmd(f"RETR {request.path}")) as data_connection:
                 watchdog.watch(data_connection)
                 while True:
@@ -770,6 +651,30 @@ class FtpDownloader(Downloader):
                     sink.write(data)
             ftp.sock.settimeout(limits.read_timeout_now(url))
             ftp.voidresp()
+        self.identity = self.identity or hashed_identity(sink)
+
+    def probe(self, url: str, limits: Limits) -> SourceIdentity | None:
+        request = ftp_target(split_url(url))
+        endpoint = self.policy.check_url(url)
+        return with_retries(partial(self._probe, url, request, endpoint, limits), limits, url)
+
+    def _probe(
+        self, url: str, request: FtpTarget, endpoint: Endpoint, limits: Limits
+    ) -> SourceIdentity | None:
+        ftp = self.new_ftp(request)
+        try:
+            with Watchdog(limits) as watchdog:
+                self.login(ftp, url, request, endpoint, limits, watchdog)
+                return ftp_identity(ftp, request.path, ftp_size(ftp, request.path))
+        except ftplib.all_errors as exc:
+            raise ftp_error(exc, url, limits) from safe_cause(exc, url)
+        finally:
+            ftp.close()
+
+    def new_ftp(self, request: FtpTarget) -> ftplib.FTP:
+        if request.tls:
+            return ftplib.FTP_TLS(context=_ssl_context(self.options.ca_bundle))
+        return ftplib.FTP()
 
 
 def _ftp_connect(ftp: ftplib.FTP, endpoint: Endpoint, limits: Limits, url: str) -> None:
@@ -779,7 +684,7 @@ def _ftp_connect(ftp: ftplib.FTP, endpoint: Endpoint, limits: Limits, url: str) 
         raise limits.timeout_error(url, "connect") from exc
     except OSError as exc:
         error = UpstreamError(f"could not connect to the FTP server {endpoint.host_header}")
-        raise _Retry(error) from exc
+        raise Retry(error) from exc
     # TLS verifies the name in the URL; data connections still go to the peer address.
     ftp.host = endpoint.host
 
@@ -813,7 +718,21 @@ def _guard_data_port(ftp: ftplib.FTP, policy: UrlPolicy) -> None:
     ftp.makepasv = makepasv  # type: ignore[method-assign]
 
 
-def _ftp_size(ftp: ftplib.FTP, path: str) -> int | None:
+def ftp_identity(ftp: ftplib.FTP, path: str, size: int | None) -> SourceIdentity | None:
+    """MDTM and SIZE (RFC 3659) name a version; both are optional for a server."""
+    if size is None:
+        return None
+    try:
+        reply = ftp.sendcmd(f"MDTM {path}")
+    except (ftplib.error_perm, ftplib.error_temp, ftplib.error_reply):
+        return None
+    stamp = reply[4:].strip()
+    if not reply.startswith("213") or not stamp[:14].isdigit():
+        return None
+    return SourceIdentity("ftp", stamp[:32], size)
+
+
+def ftp_size(ftp: ftplib.FTP, path: str) -> int | None:
     """The size the server reports, or None: SIZE is optional (RFC 3659)."""
     try:
         return ftp.size(path)
@@ -825,29 +744,49 @@ def _ftp_size(ftp: ftplib.FTP, path: str) -> int | None:
 # ---- S3 and R2
 
 
-def _s3_failure(error: ServiceError, limits: Limits, url: str) -> Exception:
+def s3_failure(
+    error: ServiceError, limits: Limits, url: str, cause: BaseException | None = None
+) -> Exception:
     """``error`` of ``s3_store`` as this download sees it: a timeout of its budget,
-    a transient failure to retry, or final."""
-    kind = s3_store.failure_kind(error.__cause__)
+    a transient failure to retry, or final. ``cause``: the botocore exception, when
+    ``error`` was translated here and not yet raised from it."""
+    kind = s3_store.failure_kind(cause or error.__cause__)
     if kind == s3_store.CONNECT_TIMEOUT:
         return limits.timeout_error(url, "connect")
     if kind == s3_store.READ_TIMEOUT:
         return limits.timeout_error(url, "read")
     if kind in s3_store.TRANSIENT:
-        return _Retry(error)
+        return Retry(error)
     return error
 
 
-def _get_object(s3: Any, location: ObjectLocation, dest: Path, limits: Limits, url: str) -> None:
-    ref = s3_store.ObjectRef(
+def object_ref(location: ObjectLocation) -> s3_store.ObjectRef:
+    return s3_store.ObjectRef(
         location.bucket, location.key, location.version_id, store=location.source.upper()
     )
+
+
+def _get_object(
+    s3: Any, location: ObjectLocation, dest: Path, limits: Limits, url: str
+) -> SourceIdentity | None:
+    ref = object_ref(location)
     limits.check_deadline(url)
-    with _Sink(dest, limits, url) as sink:
+    with Sink(dest, limits, url) as sink:
         try:
-            s3_store.get_object(s3, ref, sink, partial(limits.read_timeout_now, url))
+            answer = s3_store.get_object(s3, ref, sink, partial(limits.read_timeout_now, url))
         except ServiceError as error:
-            raise _s3_failure(error, limits, url) from error.__cause__
+            raise s3_failure(error, limits, url) from error.__cause__
+    return s3_identity(answer)
+
+
+def _head_object(s3: Any, location: ObjectLocation, limits: Limits, url: str) -> dict[str, Any]:
+    ref = object_ref(location)
+    limits.check_deadline(url)
+    try:
+        return dict(s3.head_object(**ref.params()))
+    except s3_store.error_types() as exc:
+        error = s3_store.translate(exc, str(ref), store=ref.store)
+        raise s3_failure(error, limits, url, exc) from exc
 
 
 class S3Downloader(Downloader):
@@ -856,13 +795,24 @@ class S3Downloader(Downloader):
     source = "s3"
 
     def fetch(self, url: str, dest: Path, limits: Limits) -> Path:
-        location = parse_object_url(url, self.source, self.options.endpoints)
-        self.policy.check_bucket(location.bucket)
-        s3 = self._client(location)
-        _with_retries(partial(_get_object, s3, location, dest, limits, url), limits, url)
+        location = self.locate(url)
+        s3 = self.client(location)
+        get = partial(_get_object, s3, location, dest, limits, url)
+        self.identity = with_retries(get, limits, url)
         return dest
 
-    def _client(self, location: ObjectLocation) -> Any:
+    def probe(self, url: str, limits: Limits) -> SourceIdentity | None:
+        location = self.locate(url)
+        head = partial(_head_object, self.client(location), location, limits, url)
+        return s3_identity(with_retries(head, limits, url))
+
+    def locate(self, url: str) -> ObjectLocation:
+        """The bucket, key and version the URL names, once the policy admits the bucket."""
+        location = parse_object_url(url, self.source, self.options.endpoints)
+        self.policy.check_bucket(location.bucket)
+        return location
+
+    def client(self, location: ObjectLocation) -> Any:
         return s3_store.client(self.options.s3_config(), location.region)
 
 
@@ -871,7 +821,7 @@ class R2Downloader(S3Downloader):
 
     source = "r2"
 
-    def _client(self, location: ObjectLocation) -> Any:
+    def client(self, location: ObjectLocation) -> Any:
         key_id, secret = self.options.r2_access_key_id, self.options.r2_secret_access_key
         if not key_id or not secret:
             raise SourceNotConfigured(
@@ -899,7 +849,7 @@ def _new_download_path(dest_dir: Path) -> Path:
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _local_error(exc, dest) from exc
+        raise local_error(exc, dest) from exc
     return dest
 
 
@@ -918,22 +868,63 @@ def fetch(
     ``options.deadline_seconds`` (e.g. to end before the invocation would be stopped).
     Raises only ``errors.ServiceError`` types; on failure no partial file is left behind.
     """
+    return download(url, dest_dir, options, policy, storage_type, deadline_seconds).path
+
+
+def download(
+    url: str,
+    dest_dir: Path,
+    options: DownloadOptions,
+    policy: UrlPolicy,
+    storage_type: str = "auto",
+    deadline_seconds: float | None = None,
+) -> Download:
+    """``fetch``, also returning the source's identity: its validator, or the sha256 of
+    the bytes when it gives none."""
     source = source_type(url, storage_type, options.endpoints)
     limits = Limits.from_options(options, deadline_seconds)
     dest = _new_download_path(Path(dest_dir))
     started = time.monotonic()
     logger.info("fetching %s from %s", redact_url(url), source)
+    downloader = DOWNLOADERS[source](options, policy)
     try:
-        DOWNLOADERS[source](options, policy).fetch(url, dest, limits)
+        downloader.fetch(url, dest, limits)
+        size = dest.stat().st_size
+        identity = downloader.identity or _file_identity(dest)
     except BaseException as exc:
         dest.unlink(missing_ok=True)
         if isinstance(exc, ServiceError):
             logger.warning("fetching %s failed: %s: %s", redact_url(url), exc.code, exc.message)
         raise
-    logger.info(
-        "fetched %s: %d bytes in %.2f s",
-        redact_url(url),
-        dest.stat().st_size,
-        time.monotonic() - started,
-    )
-    return dest
+    logger.info("fetched %s: %d bytes in %.2f s", redact_url(url), size, time.monotonic() - started)
+    return Download(dest, identity, size)
+
+
+def _file_identity(path: Path) -> SourceIdentity:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK_BYTES * 16):
+            digest.update(chunk)
+    return SourceIdentity("sha256", digest.hexdigest(), path.stat().st_size)
+
+
+def probe(
+    url: str,
+    options: DownloadOptions,
+    policy: UrlPolicy,
+    *,
+    storage_type: str = "auto",
+    deadline_seconds: float | None = None,
+) -> SourceIdentity | None:
+    """The source's validator without downloading: HEAD, HeadObject, or FTP MDTM + SIZE.
+
+    None when the source gives none. The same URL policy (every redirect hop), errors,
+    retries and deadline apply as for ``fetch``.
+    """
+    source = source_type(url, storage_type, options.endpoints)
+    limits = Limits.from_options(options, deadline_seconds)
+    try:
+        return DOWNLOADERS[source](options, policy).probe(url, limits)
+    except ServiceError as exc:
+        logger.warning("probing %s failed: %s: %s", redact_url(url), exc.code, exc.message)
+        raise

@@ -21,22 +21,29 @@ dtype of BitsAllocated and PixelRepresentation, the same signedness and
 unused-bit corrections (``pydicom.pixels.decoders.base``), and RGB for
 YBR_FULL, YBR_FULL_422, YBR_ICT and YBR_RCT colour. Every encapsulated frame's
 own header is checked by ``codestream.check_frame_stream`` before a codec runs.
+
+A frame is read from the file alone while Pixel Data is still deferred there (see
+``pixel_data_in_file``): native frames at their offset, encapsulated ones through
+the offset tables or the item headers. Memory then holds one frame, not all of
+them, and a sparse file of a ranged fetch is never read where it has holes.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import struct
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 import codestream
 from codestream import PixelModule
-from dicom_codecs import BY_UID, JPEG_BASELINE, NATIVE_SYNTAXES, serving_codec
+from dicom_codecs import BY_UID, DEFLATED, JPEG_BASELINE, NATIVE_SYNTAXES, serving_codec
 from errors import CorruptDicom, ServiceError, UnsupportedImage, parse_error_text
 
 if TYPE_CHECKING:
@@ -45,6 +52,7 @@ if TYPE_CHECKING:
     from codestream import StreamHeader
 
 JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+UNDEFINED_LENGTH = 0xFFFFFFFF
 _YBR = ("YBR_FULL", "YBR_FULL_422")
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 # JPEG component identifiers that mean RGB ("RGB" or "rgb" in ASCII), as pydicom reads them.
@@ -69,14 +77,16 @@ def decode_frame(
         reduce = 1
     syntax = str(ds.file_meta.TransferSyntaxUID)
     if syntax in NATIVE_SYNTAXES:
-        return area_average(_checked(_pydicom_frame(ds, index), module, 1), reduce)
+        one, at = _native_frame_dataset(ds, index, module)
+        return area_average(_checked(_pydicom_frame(one, at), module, 1), reduce)
     stream = frame_stream(ds, index, module)
     header = codestream.check_frame_stream(syntax, stream, module, max_pixel_bytes)
     family = BY_UID[syntax].family
     decoder = _DECODERS.get(family)
     if decoder is None or not _served_here(syntax):
         # RLE (pylibjpeg-rle or pydicom's own) and the pylibjpeg/Pillow fallbacks.
-        arr = _checked(_pydicom_frame(ds, index), module, 1)
+        one, at = _encapsulated_frame_dataset(ds, index, stream)
+        arr = _checked(_pydicom_frame(one, at), module, 1)
         return area_average(arr, reduce) if family == "rle" else arr
     arr, factor = _run(decoder, stream, header, module, syntax, reduce)
     return _checked(arr, module, factor)
@@ -89,14 +99,122 @@ def frame_stream(ds: Dataset, index: int, module: PixelModule) -> bytes:
     extended = None
     if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
         extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    frame = partial(get_frame, index=index, number_of_frames=module.frames)
+    located = pixel_data_in_file(ds)
     try:
-        stream = get_frame(
-            ds.PixelData, index, number_of_frames=module.frames, extended_offsets=extended
-        )
-    except (ValueError, KeyError, IndexError, TypeError, struct.error) as exc:
+        if located is None:
+            stream = frame(ds.PixelData, extended_offsets=extended)
+        else:
+            with _ClampedFile(located[0]) as f:
+                f.seek(located[1])
+                stream = frame(f, extended_offsets=extended)
+    except (ValueError, KeyError, IndexError, TypeError, struct.error, EOFError) as exc:
         reason = parse_error_text(exc)
         raise CorruptDicom(f"the encapsulated pixel data is invalid: {reason}") from exc
     return bytes(stream)
+
+
+# --- reading one frame from the file ---------------------------------------------------
+
+# Attributes pydicom's decoders read, copied to the dataset of a single frame.
+_PIXEL_KEYWORDS = (
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PhotometricInterpretation",
+    "PlanarConfiguration",
+)
+
+
+class _ClampedFile(io.BufferedReader):
+    """A file whose reads never ask for more than what remains in it: an offset table
+    may declare any length, and a read allocates what it asks for first."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(io.FileIO(name, "rb"))
+        self.size = os.fstat(self.fileno()).st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size > 0:
+            size = min(size, max(self.size - self.tell(), 0))
+            if size == 0:
+                return b""
+        return super().read(size)
+
+
+def pixel_data_in_file(ds: Dataset) -> tuple[str, int, int] | None:
+    """(file name, value offset, length) of Pixel Data that is still in its file.
+
+    Read with a deferred Pixel Data, a frame is read from the file alone: ``ds.PixelData``
+    would load every frame (and a sparse file of a ranged fetch is mostly holes).
+    """
+    from pydicom.dataelem import RawDataElement
+
+    raw = ds._dict.get(0x7FE00010)
+    name = getattr(ds, "filename", None)
+    if (
+        not isinstance(raw, RawDataElement)
+        or raw.value is not None
+        or raw.value_tell is None
+        or not isinstance(name, str)
+        or ds.file_meta.get("TransferSyntaxUID") == DEFLATED
+    ):
+        return None
+    return name, int(raw.value_tell), int(raw.length)
+
+
+def _single_frame(ds: Dataset, data: bytes) -> Dataset:
+    """A dataset of one frame: the pixel attributes of ``ds`` and ``data`` as Pixel Data."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    one = Dataset()
+    one.file_meta = FileMetaDataset()
+    one.file_meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
+    for keyword in _PIXEL_KEYWORDS:
+        if keyword in ds:
+            setattr(one, keyword, ds[keyword].value)
+    one.NumberOfFrames = 1
+    one.PixelData = data
+    # The raw element's VR: ds["PixelData"] would read every frame from the file.
+    vr = getattr(ds._dict.get(0x7FE00010), "VR", None)
+    one["PixelData"].VR = vr or ("OW" if one.get("BitsAllocated", 8) > 8 else "OB")
+    return one
+
+
+def _native_frame_dataset(ds: Dataset, index: int, module: PixelModule) -> tuple[Dataset, int]:
+    """(dataset, index) to decode native frame ``index`` from, reading only its bytes.
+
+    Bit-packed frames (BitsAllocated 1) need not start on a byte: they are read whole.
+    """
+    located = pixel_data_in_file(ds)
+    if located is None or module.bits_allocated % 8 or module.frames == 1:
+        return ds, index
+    samples = 2 if module.photometric_interpretation == "YBR_FULL_422" else module.samples_per_pixel
+    length = module.rows * module.columns * samples * module.bits_allocated // 8
+    name, offset, stored = located
+    start = index * length
+    if stored == UNDEFINED_LENGTH or start + length > stored:
+        return ds, index
+    with _ClampedFile(name) as f:
+        f.seek(offset + start)
+        data = f.read(length)
+    if len(data) != length:
+        return ds, index
+    return _single_frame(ds, data), 0
+
+
+def _encapsulated_frame_dataset(ds: Dataset, index: int, stream: bytes) -> tuple[Dataset, int]:
+    """(dataset, index) for pydicom's decoders: one frame (``stream``) when Pixel Data is
+    still in the file."""
+    if pixel_data_in_file(ds) is None:
+        return ds, index
+    from pydicom.encaps import encapsulate
+
+    return _single_frame(ds, encapsulate([stream], has_bot=True)), 0
 
 
 def _decode_failed(exc: BaseException) -> CorruptDicom:

@@ -299,8 +299,9 @@ class ObjectRef:
 
 def get_object(
     s3: Any, ref: ObjectRef, sink: Sink, read_timeout: Callable[[], float] | None = None
-) -> None:
-    """Stream one object (a whole-object GetObject) into ``sink``.
+) -> dict[str, Any]:
+    """Stream one object (a whole-object GetObject) into ``sink``; returns the answer's
+    other fields (ETag, VersionId, ContentLength ...).
 
     ``read_timeout`` gives the socket timeout for the next read, so no read outlasts
     the caller's deadline. Raises ``ServiceError`` types; the botocore exception, when
@@ -322,6 +323,7 @@ def get_object(
                 sink.write(data)
     except error_types() as exc:
         raise translate(exc, str(ref), store=ref.store) from exc
+    return {name: value for name, value in response.items() if name != "Body"}
 
 
 def put_image(

@@ -842,3 +842,90 @@ def widen_backlog(server: Any, backlog: int = 256) -> Any:
     listener = server._server.socket if isinstance(server, HttpServer) else server.socket
     listener.listen(backlog)
     return server
+
+
+# ---------------------------------------------------------------------------- ranges
+
+
+class RangeFile:
+    """A route serving one file with HTTP range requests (RFC 9110 14), counting bytes.
+
+    ``mode`` picks the behaviour: "ranges" honours ``Range`` (206 with Content-Range,
+    ``If-Range`` checked against the ETag); "ignore" always answers 200 with the whole
+    body and no Accept-Ranges; "full" advertises ranges but answers a ranged request
+    with 200 and the whole body; "shifted" answers 206 with the requested length but a
+    Content-Range (and bytes) one byte further on; "ranges-after-first" honours only the
+    first ranged request and lies ("full") after it. ``etag``/``last_modified`` set
+    the validators (None leaves one out). ``served`` counts body bytes sent.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        mode: str = "ranges",
+        etag: str | None = '"v1"',
+        last_modified: str | None = "Tue, 01 Dec 2026 00:00:00 GMT",
+    ) -> None:
+        self.path, self.mode, self.etag, self.last_modified = path, mode, etag, last_modified
+        self.size = path.stat().st_size
+        self.served = 0
+        self.ranged_requests = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, handler: BaseHTTPRequestHandler) -> None:
+        wanted = self._wanted(handler)
+        mode = self.mode
+        if mode == "ranges-after-first":
+            mode = "ranges" if self.ranged_requests <= 1 else "full"
+        if wanted is None or mode in ("ignore", "full"):
+            self._send(handler, 200, 0, self.size, None)
+            return
+        start, stop = wanted
+        if start >= self.size:
+            send(handler, 416, b"", {"Content-Range": f"bytes */{self.size}"})
+            return
+        stop = min(stop, self.size)
+        shift = 1 if mode == "shifted" and stop < self.size else 0
+        shown = f"bytes {start + shift}-{stop - 1 + shift}/{self.size}"
+        self._send(handler, 206, start + shift, stop + shift, shown)
+
+    def _wanted(self, handler: BaseHTTPRequestHandler) -> tuple[int, int] | None:
+        header = handler.headers.get("Range", "")
+        if not header.startswith("bytes=") or "," in header:
+            return None
+        first, _, last = header[6:].partition("-")
+        if not first.isdigit():
+            return None
+        if_range = handler.headers.get("If-Range")
+        if if_range is not None and if_range not in (self.etag, self.last_modified):
+            return None
+        with self._lock:
+            self.ranged_requests += 1
+        return int(first), (int(last) + 1 if last.isdigit() else self.size)
+
+    def _send(
+        self, handler: BaseHTTPRequestHandler, status: int, start: int, stop: int, shown: str | None
+    ) -> None:
+        handler.send_response(status)
+        if self.mode != "ignore":
+            handler.send_header("Accept-Ranges", "bytes")
+        if self.etag:
+            handler.send_header("ETag", self.etag)
+        if self.last_modified:
+            handler.send_header("Last-Modified", self.last_modified)
+        if shown:
+            handler.send_header("Content-Range", shown)
+        handler.send_header("Content-Length", str(stop - start))
+        handler.end_headers()
+        if handler.command == "HEAD":
+            return
+        with self.path.open("rb") as f:
+            f.seek(start)
+            left = stop - start
+            while left > 0:
+                data = f.read(min(left, 1024 * 1024))
+                if not data or not _write_quietly(handler, data):
+                    return
+                left -= len(data)
+                with self._lock:
+                    self.served += len(data)
