@@ -4,8 +4,13 @@ The rendering path follows the DICOM grayscale and colour pipelines:
 
     read and decode one frame (dicom_dataset) → Modality LUT (PS3.3 C.11.1)
     → VOI LUT / window (C.11.2) → Presentation LUT (C.11.6) → colour
-    (C.7.6.3.1.2 photometric interpretation, C.7.9 palette) → viewport resize
-    → encode (JPEG / PNG / WebP)
+    (C.7.6.3.1.2 photometric interpretation, C.7.9 palette) → source region
+    (crop, flip) → viewport resize → encode (JPEG / PNG / WebP / GIF)
+
+A range of frames (options.frames) becomes an animation or a contact sheet
+(frame_sequences), each frame painted by the same stages. The options,
+limits and result types live in render_options, the geometry and encoders in
+image_output; their names are importable from here.
 
 Each display stage is a small function named after its DICOM stage, in the
 manner of pydicom's ``pixels.processing``: ``stage(arr, ds, ...) -> arr``, and
@@ -23,13 +28,11 @@ field or service setting: it gets a path, options and limits.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import sys
-import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,12 +47,48 @@ from dicom_dataset import (
     transfer_syntax,
 )
 from errors import CorruptDicom, InvalidRequest, ServiceError, UnsupportedImage
+from frame_sequences import render_sequence
+from image_output import (
+    SourceBox,
+    crop_region,
+    encode_image,
+    fitted_image,
+    region_box,
+    viewport_size,
+)
+from image_output import encode as encode
 from lookup_tables import (
     check_palette_depth,
     first_lut_item,
     lut_item_table,
     lut_lookup,
     palette_tables,
+)
+from render_options import (
+    ANIMATION_FORMATS as ANIMATION_FORMATS,
+)
+from render_options import (
+    FORMAT_NAMES,
+    LOSSLESS_FORMATS,
+    MEDIA_TYPES,
+    NO_WINDOW,
+    PRESETS,
+    VOI_FUNCTIONS,
+    AppliedWindow,
+    FrameRange,
+    Region,
+    RenderLimits,
+    RenderOptions,
+    RenderResult,
+    StageTimer,
+    Window,
+    window_is_valid,
+)
+from render_options import (
+    OUTPUT_FORMATS as OUTPUT_FORMATS,
+)
+from render_options import (
+    PIL_FORMATS as PIL_FORMATS,
 )
 
 if TYPE_CHECKING:
@@ -59,33 +98,13 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
 # ---------------------------------------------------------------------------
-# Options, limits and results
+# Options, limits and results (render_options; re-exported for callers)
 # ---------------------------------------------------------------------------
-
-VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
-OUTPUT_FORMATS = ("jpg", "jpeg", "png", "webp")
-
-# Standard CT display windows in Hounsfield units: (center, width).
-PRESETS: dict[str, tuple[float, float]] = {
-    "lung": (-600.0, 1500.0),
-    "mediastinum": (50.0, 350.0),
-    "bone": (400.0, 1800.0),
-    "brain": (40.0, 80.0),
-    "subdural": (75.0, 215.0),
-    "stroke": (40.0, 40.0),
-    "abdomen": (60.0, 400.0),
-    "liver": (30.0, 150.0),
-    "soft_tissue": (40.0, 400.0),
-}
 
 # A thumbnail is decoded at least this many times the viewport (see reduction_factor).
 REDUCING_GAP = 3
 # The least JPEG quality for colour when the caller gives none (with 4:4:4 chroma).
 COLOUR_JPEG_QUALITY = 90
-
-FORMAT_NAMES = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp"}
-MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
-PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 METADATA_TAGS = (
     "PatientName",
@@ -98,133 +117,6 @@ METADATA_TAGS = (
     "BodyPartExamined",
     "NumberOfFrames",
 )
-
-
-@dataclass(frozen=True)
-class Window:
-    """A VOI window (PS3.3 C.11.2.1.2): center and width in modality units."""
-
-    center: float
-    width: float
-    function: str = "LINEAR"
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.center) and math.isfinite(self.width)):
-            raise InvalidRequest("window center and width must be finite numbers")
-        if self.function not in VOI_FUNCTIONS:
-            raise InvalidRequest(
-                f"window function must be one of {', '.join(VOI_FUNCTIONS)}, got {self.function!r}"
-            )
-        if not window_is_valid(self.width, self.function):
-            minimum = "1" if self.function == "LINEAR" else "greater than 0"
-            raise InvalidRequest(
-                f"window width must be at least {minimum} for {self.function}, got {self.width:g}"
-            )
-
-
-@dataclass(frozen=True)
-class RenderOptions:
-    output_format: str = "jpg"
-    # None means "not asked for": the default quality is used, and the embedded
-    # JPEG frame may be returned as it is.
-    quality: int | None = None
-    frame: int = 1
-    window: Window | None = None
-    preset: str | None = None
-    width: int | None = None
-    height: int | None = None
-    include_metadata: bool = True
-
-    def __post_init__(self) -> None:
-        fmt = str(self.output_format).lower()
-        if fmt not in FORMAT_NAMES:
-            raise InvalidRequest(
-                f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, "
-                f"got {self.output_format!r}"
-            )
-        object.__setattr__(self, "output_format", FORMAT_NAMES[fmt])
-        if self.quality is not None and not (
-            isinstance(self.quality, int) and 1 <= self.quality <= 100
-        ):
-            raise InvalidRequest(f"quality must be an integer from 1 to 100, got {self.quality!r}")
-        if not isinstance(self.frame, int) or self.frame < 1:
-            raise InvalidRequest(f"frame is 1-based and must be at least 1, got {self.frame!r}")
-        if self.preset is not None and self.preset not in PRESETS:
-            raise InvalidRequest(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
-        if self.preset is not None and self.window is not None:
-            raise InvalidRequest("give either a window or a preset, not both")
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and 1 <= value <= 16384):
-                raise InvalidRequest(f"{name} must be an integer from 1 to 16384, got {value!r}")
-
-
-@dataclass(frozen=True)
-class RenderLimits:
-    """What the deployment allows: the pixel budget and the default quality.
-
-    Entry points derive these from their settings (MAX_PIXEL_BYTES,
-    DEFAULT_QUALITY); the converter itself reads no settings.
-    """
-
-    max_pixel_bytes: int = 256 * 1024 * 1024
-    default_quality: int = 85
-
-
-@dataclass(frozen=True)
-class AppliedWindow:
-    """The VOI transform that was used, and where it came from."""
-
-    center: float | None
-    width: float | None
-    function: str
-    source: str  # "request", "preset", "file", "voi_lut", "min_max", "none"
-
-
-NO_WINDOW = AppliedWindow(None, None, "NONE", "none")
-
-
-@dataclass(frozen=True)
-class RenderResult:
-    image: bytes = field(repr=False)
-    format: str
-    media_type: str
-    quality: int | None
-    width: int
-    height: int
-    frame: int
-    frames: int
-    window: AppliedWindow
-    photometric_interpretation: str
-    transfer_syntax: str
-    passthrough: bool
-    metadata: dict[str, Any]
-    # Milliseconds spent in each stage: read, decode, render, encode.
-    timings_ms: dict[str, float] = field(default_factory=dict, compare=False)
-
-    @property
-    def file_size(self) -> int:
-        return len(self.image)
-
-    def describe(self) -> dict[str, Any]:
-        """Everything but the image bytes and timings, as plain JSON-ready values."""
-        info = asdict(self)
-        del info["image"], info["timings_ms"]
-        info["file_size"] = self.file_size
-        return info
-
-
-class StageTimer:
-    """Wall time of consecutive stages, in milliseconds."""
-
-    def __init__(self) -> None:
-        self.laps: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.laps[stage] = round((now - self._last) * 1000, 2)
-        self._last = now
 
 
 # ---------------------------------------------------------------------------
@@ -380,13 +272,6 @@ def photometric_interpretation(ds: Dataset) -> str:
     return str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
 
 
-def window_is_valid(width: float, function: str) -> bool:
-    # PS3.3 C.11.2.1.2: width >= 1 for LINEAR, > 0 for LINEAR_EXACT and SIGMOID.
-    if not math.isfinite(width):
-        return False
-    return width >= 1 if function == "LINEAR" else width > 0
-
-
 def stored_value_domain(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every value a stored integer pixel can take, and the index of each pixel.
 
@@ -434,14 +319,19 @@ def file_voi(ds: Dataset) -> AppliedWindow | None:
 
 
 def select_voi(
-    ds: Dataset, options: RenderOptions, frame: np.ndarray, modality: np.ndarray
+    ds: Dataset,
+    options: RenderOptions,
+    frame: np.ndarray,
+    modality: np.ndarray,
+    fixed: AppliedWindow | None = None,
 ) -> AppliedWindow:
     """Choose the VOI transform. Precedence:
 
-    request window or preset → file's first Window Center/Width →
-    first VOI LUT Sequence item → min–max of the frame after the Modality LUT.
+    `fixed` (the window of a sequence's first frame) → request window or
+    preset → file's first Window Center/Width → first VOI LUT Sequence item →
+    min–max of the frame after the Modality LUT.
     """
-    chosen = requested_window(ds, options) or file_voi(ds)
+    chosen = fixed or requested_window(ds, options) or file_voi(ds)
     if chosen is not None:
         return chosen
     lo, hi = min_max_after_modality(frame, modality)
@@ -534,15 +424,16 @@ def to_display_bytes(display: np.ndarray) -> np.ndarray:
 
 
 def grayscale_display_lut(
-    ds: Dataset, frame: np.ndarray, options: RenderOptions
+    ds: Dataset, frame: np.ndarray, options: RenderOptions, fixed: AppliedWindow | None = None
 ) -> tuple[np.ndarray, np.ndarray, AppliedWindow]:
     """Fuse Modality LUT, VOI and Presentation into one uint8 LUT for `frame`.
 
-    Returns the LUT, the frame's index array into it, and the window used.
+    Returns the LUT, the frame's index array into it, and the window used
+    (`fixed`, when given).
     """
     domain, index = stored_value_domain(frame)
     modality = apply_modality_lut(domain, ds)
-    window = select_voi(ds, options, frame, modality)
+    window = select_voi(ds, options, frame, modality, fixed)
     # A flat frame gets the min–max window of width 1: a step at its one value,
     # so every pixel shows black (white for MONOCHROME1), as dcmtk shows it.
     display = apply_voi_lut(modality, ds, window)
@@ -551,12 +442,12 @@ def grayscale_display_lut(
 
 
 def render_grayscale(
-    ds: Dataset, frame: np.ndarray, options: RenderOptions
+    ds: Dataset, frame: np.ndarray, options: RenderOptions, fixed: AppliedWindow | None = None
 ) -> tuple[np.ndarray, AppliedWindow]:
-    """A MONOCHROME1/2 frame to uint8 grey, and the window used."""
+    """A MONOCHROME1/2 frame to uint8 grey, and the window used (`fixed`, when given)."""
     if frame.dtype.kind == "f" or frame.dtype.itemsize > 2:
-        return _render_grayscale_wide(ds, frame, options)
-    lut, index, window = grayscale_display_lut(ds, frame, options)
+        return _render_grayscale_wide(ds, frame, options, fixed)
+    lut, index, window = grayscale_display_lut(ds, frame, options, fixed)
     # Fancy indexing with uint16 indices converts them in small buffers;
     # np.take would first make an intp copy of the whole frame.
     return lut[index], window
@@ -574,7 +465,7 @@ def _row_blocks(frame: np.ndarray) -> Iterator[slice]:
 
 
 def _render_grayscale_wide(
-    ds: Dataset, frame: np.ndarray, options: RenderOptions
+    ds: Dataset, frame: np.ndarray, options: RenderOptions, fixed: AppliedWindow | None = None
 ) -> tuple[np.ndarray, AppliedWindow]:
     """32-bit and float frames: too many values for a LUT, so the stages run on row blocks.
 
@@ -584,8 +475,10 @@ def _render_grayscale_wide(
     """
     import numpy as np
 
+    if fixed is not None and fixed.width == 0:
+        return np.zeros(frame.shape, np.uint8), fixed  # a flat first frame's window
     lo, hi = wide_modality_range(ds, frame)
-    requested = requested_window(ds, options)
+    requested = fixed or requested_window(ds, options)
     if requested is not None:
         window = requested
     elif hi > lo:
@@ -624,16 +517,23 @@ def wide_modality_range(ds: Dataset, frame: np.ndarray) -> tuple[float, float]:
 
 
 def display_pixels(
-    ds: Dataset, frame: np.ndarray, module: ImagePixelModule, options: RenderOptions
+    ds: Dataset,
+    frame: np.ndarray,
+    module: ImagePixelModule,
+    options: RenderOptions,
+    fixed: AppliedWindow | None = None,
 ) -> tuple[np.ndarray, AppliedWindow]:
-    """Take a decoded frame through every display stage to uint8 grey or RGB."""
+    """Take a decoded frame through every display stage to uint8 grey or RGB.
+
+    `fixed` is a window chosen earlier (a sequence's first frame) to use as it is.
+    """
     photometric = module.photometric_interpretation
     if module.samples_per_pixel == 1 and photometric == "PALETTE COLOR":
         rgb = apply_palette_color(frame, ds)
     elif module.samples_per_pixel == 3:
         rgb = apply_color_depth(frame, ds, module.bits_stored)
     elif photometric in ("MONOCHROME1", "MONOCHROME2"):
-        return render_grayscale(ds, frame, options)
+        return render_grayscale(ds, frame, options, fixed)
     else:
         raise UnsupportedImage(
             f"PhotometricInterpretation {photometric!r} with {module.samples_per_pixel} "
@@ -656,49 +556,6 @@ def display_pixels(
 # ---------------------------------------------------------------------------
 
 
-def viewport_size(
-    width: int, height: int, max_width: int | None, max_height: int | None
-) -> tuple[int, int]:
-    """Fit (width, height) inside the viewport, keeping aspect ratio, never upscaling."""
-    scale = 1.0
-    if max_width is not None:
-        scale = min(scale, max_width / width)
-    if max_height is not None:
-        scale = min(scale, max_height / height)
-    if scale >= 1.0:
-        return width, height
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def encode(
-    pixels: np.ndarray, options: RenderOptions, quality: int, size: tuple[int, int] | None = None
-) -> tuple[bytes, int, int]:
-    """Resize to `size` (default: the viewport fit of `pixels`) and encode.
-
-    Returns (bytes, width, height).
-    """
-    from PIL import Image
-
-    image = Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB")
-    size = size or viewport_size(image.width, image.height, options.width, options.height)
-    if size != image.size:
-        # reducing_gap first shrinks by an integer factor (cheap box filter),
-        # then finishes with Lanczos, which keeps edges crisp.
-        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    buffer = io.BytesIO()
-    fmt = options.output_format
-    if fmt == "jpg":
-        # 4:4:4 chroma: Pillow's default 4:2:0 halves colour resolution, which
-        # smears palette and overlay edges (subsampling only concerns RGB).
-        image.save(buffer, "JPEG", quality=quality, subsampling=0)
-    elif fmt == "png":
-        # Level 3 is several times faster than the default 6 for ~5% more bytes.
-        image.save(buffer, "PNG", compress_level=3)
-    else:
-        image.save(buffer, "WEBP", quality=quality, method=4)
-    return buffer.getvalue(), image.width, image.height
-
-
 def passthrough_frame(
     ds: Dataset, module: ImagePixelModule, options: RenderOptions
 ) -> bytes | None:
@@ -711,6 +568,7 @@ def passthrough_frame(
         or options.quality is not None
         or options.window is not None
         or options.preset is not None
+        or options.region is not None
     ):
         return None
     if options.width is not None and options.width < module.columns:
@@ -757,10 +615,17 @@ def open_image(
     return ds, module, syntax
 
 
-def reduction_factor(module: ImagePixelModule, options: RenderOptions) -> int:
+def reduction_factor(
+    module: ImagePixelModule,
+    options: RenderOptions,
+    box: SourceBox | None = None,
+    target: tuple[int | None, int | None] | None = None,
+) -> int:
     """How much smaller a thumbnail frame may be decoded: 1, or an integer factor >= 2.
 
-    The decoded frame stays at least REDUCING_GAP times the viewport, so that
+    `box` is the source region (default: the whole image) and `target` the
+    (width, height) it is fitted to (default: the options' width and height).
+    The decoded region stays at least REDUCING_GAP times the target, so that
     Lanczos does the last step: a box average or a wavelet resolution level
     straight to the viewport softens or aliases edges (up to 140 grey levels
     at p99 measured on GH133 as HTJ2K), like Pillow's reducing_gap. Palette
@@ -768,13 +633,49 @@ def reduction_factor(module: ImagePixelModule, options: RenderOptions) -> int:
     """
     if module.is_float or module.photometric_interpretation == "PALETTE COLOR":
         return 1
+    width, height = (box.width, box.height) if box else (module.columns, module.rows)
+    target_w, target_h = target or (options.width, options.height)
     factors = []
-    if options.width is not None:
-        factors.append(module.columns // options.width)
-    if options.height is not None:
-        factors.append(module.rows // options.height)
+    if target_w is not None:
+        factors.append(width // target_w)
+    if target_h is not None:
+        factors.append(height // target_h)
     factor = min(factors, default=1) // REDUCING_GAP
     return factor if factor >= 2 else 1
+
+
+def paint_frame(
+    ds: Dataset,
+    module: ImagePixelModule,
+    options: RenderOptions,
+    budget: int,
+    index: int,
+    fixed: AppliedWindow | None,
+    target: tuple[int | None, int | None] | None,
+    timings: StageTimer | None = None,
+    release: bool = False,
+) -> tuple[np.ndarray, AppliedWindow]:
+    """Decode frame `index` (0-based) and take it through the display stages and the region.
+
+    Returns display pixels at decoded resolution (reduced when `target`, the
+    output size, allows) and the window used (`fixed`, when given). `release`
+    drops the encoded pixel data from `ds` once decoded (a single frame).
+    """
+    if module.photometric_interpretation == "PALETTE COLOR":
+        check_palette_depth(module.is_float, module.bits_allocated)
+    box = region_box(options.region, module.columns, module.rows)
+    reduce = reduction_factor(module, options, box, target)
+    frame = decode_frame(ds, index, module, max_pixel_bytes=budget, reduce=reduce)
+    if timings is not None:
+        timings.lap("decode")
+    if release:
+        # The encoded pixel data (up to a frame's size again) is not needed past
+        # decoding; dropping it lowers the peak of the display stages by that much.
+        for tag in {0x7FE00010, 0x7FE00008, 0x7FE00009} & set(ds.keys()):
+            del ds[tag]
+    pixels, window = display_pixels(ds, frame, module, options, fixed)
+    del frame  # the stored frame is no longer needed while the region is cut
+    return crop_region(pixels, box, module.columns, module.rows), window
 
 
 def render_frame(
@@ -785,27 +686,22 @@ def render_frame(
     timings: StageTimer,
     budget: int,
 ) -> tuple[bytes, int, int, AppliedWindow]:
-    """Decode the frame, take it through the display stages and encode it.
+    """Decode the frame, take it through the display stages, cut the region, encode.
 
     A thumbnail may be decoded at reduced size; the output size always comes
-    from the module's own rows and columns.
+    from the module's own rows and columns (or the region's).
     """
-    if module.photometric_interpretation == "PALETTE COLOR":
-        check_palette_depth(module.is_float, module.bits_allocated)
-    reduce = reduction_factor(module, options)
-    frame = decode_frame(ds, options.frame - 1, module, max_pixel_bytes=budget, reduce=reduce)
-    timings.lap("decode")
-    # The encoded pixel data (up to a frame's size again) is not needed past
-    # decoding; dropping it lowers the peak of the display stages by that much.
-    for tag in {0x7FE00010, 0x7FE00008, 0x7FE00009} & set(ds.keys()):
-        del ds[tag]
-    pixels, window = display_pixels(ds, frame, module, options)
-    del frame  # the stored frame is no longer needed while encoding
+    box = region_box(options.region, module.columns, module.rows)
+    size = viewport_size(box.width, box.height, options.width, options.height)
+    pixels, window = paint_frame(
+        ds, module, options, budget, options.frame - 1, None, None, timings, release=True
+    )
     timings.lap("render")
-    size = viewport_size(module.columns, module.rows, options.width, options.height)
-    image, width, height = encode(pixels, options, quality, size)
+    image = fitted_image(pixels, size)
+    del pixels
+    data = encode_image(image, options.output_format, quality)
     timings.lap("encode")
-    return image, width, height, window
+    return data, image.width, image.height, window
 
 
 def output_quality(options: RenderOptions, limits: RenderLimits, module: ImagePixelModule) -> int:
@@ -823,13 +719,19 @@ def render(
     options: RenderOptions | None = None,
     limits: RenderLimits | None = None,
 ) -> RenderResult:
-    """Render one frame of the DICOM file at `path` to an encoded image."""
+    """Render the DICOM file at `path` to an encoded image.
+
+    One frame (options.frame), or with options.frames an animation (gif,
+    webp) or a contact sheet (jpg, png) of a range of frames.
+    """
     options = options or RenderOptions()
     limits = limits or RenderLimits()
     timings = StageTimer()
-    ds, module, syntax = open_image(Path(path), options.frame, limits)
+    ds, module, syntax = open_image(Path(path), 1 if options.frames else options.frame, limits)
     quality = output_quality(options, limits, module)
     timings.lap("read")
+    if options.frames is not None:
+        return render_frames(ds, module, syntax, options, limits, quality, timings)
 
     passthrough = passthrough_frame(ds, module, options)
     if passthrough is not None:
@@ -844,7 +746,7 @@ def render(
         image=image,
         format=options.output_format,
         media_type=MEDIA_TYPES[options.output_format],
-        quality=None if options.output_format == "png" else quality,
+        quality=None if options.output_format in LOSSLESS_FORMATS else quality,
         width=width,
         height=height,
         frame=options.frame,
@@ -855,6 +757,52 @@ def render(
         passthrough=passthrough is not None,
         metadata=selected_metadata(ds) if options.include_metadata else {},
         timings_ms=timings.laps,
+    )
+
+
+def render_frames(
+    ds: Dataset,
+    module: ImagePixelModule,
+    syntax: str,
+    options: RenderOptions,
+    limits: RenderLimits,
+    quality: int,
+    timings: StageTimer,
+) -> RenderResult:
+    """options.frames as one animation or contact sheet (see frame_sequences)."""
+    box = region_box(options.region, module.columns, module.rows)
+    paint = partial(paint_frame, ds, module, options, limits.max_pixel_bytes, timings=timings)
+    colour = module.samples_per_pixel == 3 or module.photometric_interpretation == "PALETTE COLOR"
+    sequence = render_sequence(
+        ds,
+        module.frames,
+        (box.width, box.height),
+        options,
+        limits,
+        quality,
+        paint,
+        timings,
+        channels=3 if colour else 1,
+    )
+    return RenderResult(
+        image=sequence.image,
+        format=options.output_format,
+        media_type=MEDIA_TYPES[options.output_format],
+        quality=None if options.output_format in LOSSLESS_FORMATS else quality,
+        width=sequence.width,
+        height=sequence.height,
+        frame=sequence.first,
+        frames=module.frames,
+        window=sequence.window,
+        photometric_interpretation=module.photometric_interpretation,
+        transfer_syntax=syntax,
+        passthrough=False,
+        metadata=selected_metadata(ds) if options.include_metadata else {},
+        timings_ms=timings.laps,
+        frame_range=(sequence.first, sequence.last),
+        layout=sequence.layout,
+        grid=sequence.grid,
+        frame_durations_ms=sequence.durations_ms,
     )
 
 
@@ -874,6 +822,18 @@ def parse_window(text: str) -> Window:
         raise InvalidRequest(f"--window center and width must be numbers, got {text!r}") from exc
     function = parts[2].upper() if len(parts) == 3 else "LINEAR"
     return Window(center, width, function)
+
+
+def parse_crop(text: str) -> Region:
+    """Parse the CLI form ``X,Y,WIDTH,HEIGHT`` in source pixels (negative WIDTH/HEIGHT flip)."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        x, y, width, height = (float(p) for p in parts)
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"--crop takes X,Y,WIDTH,HEIGHT in pixels (negative WIDTH/HEIGHT flip), got {text!r}"
+        ) from exc
+    return Region(x, y, width, height)
 
 
 def _collect_inputs(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
@@ -904,13 +864,20 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="dicom_converter",
-        description="Render DICOM files to JPG/PNG/WebP the way a radiology viewer does.",
+        description="Render DICOM files to JPG/PNG/WebP/GIF the way a radiology viewer does.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM files or folders")
     parser.add_argument("-o", "--output", required=True, help="output file, or folder")
     parser.add_argument("--format", default="jpg", choices=sorted(FORMAT_NAMES))
     parser.add_argument("--quality", type=int)
     parser.add_argument("--frame", type=int, default=1, help="1-based frame number")
+    parser.add_argument(
+        "--frames",
+        help="all or N-M (1-based): an animation (gif, webp) or a contact sheet (jpg, png)",
+    )
+    parser.add_argument(
+        "--crop", help="X,Y,WIDTH,HEIGHT source pixels to show; a negative WIDTH/HEIGHT flips"
+    )
     parser.add_argument("--window", help="CENTER,WIDTH[,LINEAR|LINEAR_EXACT|SIGMOID]")
     parser.add_argument("--preset", choices=sorted(PRESETS))
     parser.add_argument("--width", type=int, help="maximum output width")
@@ -929,6 +896,8 @@ def _cli_options(args: argparse.Namespace) -> RenderOptions:
         width=args.width,
         height=args.height,
         include_metadata=args.metadata,
+        frames=FrameRange.parse(args.frames) if args.frames else None,
+        region=parse_crop(args.crop) if args.crop else None,
     )
 
 

@@ -101,3 +101,55 @@ def test_seed_local_test_command(tmp_path: Path) -> None:
     done = run("test_local_dicom.py", str(bundled_file("CT_small.dcm")), "--cleanup", cwd=project)
     assert done.returncode == 0 and "cleaned up" in done.stdout
     assert not (project / "temp").exists()
+
+
+def test_frames_make_an_animation_and_crop_flips(tmp_path: Path) -> None:
+    out = tmp_path / "cine.gif"
+    done = run(
+        "dicom_converter.py",
+        str(bundled_file("SC_rgb_rle_2frame.dcm")),
+        "-o",
+        str(out),
+        "--format",
+        "gif",
+        "--frames",
+        "all",
+        "--crop",
+        "0,0,-50,40",
+        "--metadata",
+    )
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert (info["layout"], info["frame_range"], info["frame_durations_ms"]) == (
+        "animation",
+        [1, 2],
+        [100, 100],
+    )
+    with Image.open(out) as image:
+        assert (image.n_frames, image.size, image.info["loop"]) == (2, (50, 40), 0)
+
+
+def test_frames_in_a_still_format_make_a_contact_sheet(tmp_path: Path) -> None:
+    out = tmp_path / "sheet.png"
+    done = run(
+        "dicom_converter.py",
+        str(bundled_file("SC_rgb_rle_2frame.dcm")),
+        "-o",
+        str(out),
+        "--format",
+        "png",
+        "--frames",
+        "1-2",
+    )
+    assert done.returncode == 0, done.stderr
+    assert Image.open(out).size == (200, 100)
+
+
+def test_bad_frames_and_crop_are_one_clear_line(tmp_path: Path) -> None:
+    source = str(bundled_file("MR_small.dcm"))
+    done = run("dicom_converter.py", source, "-o", str(tmp_path / "x.gif"), "--frames", "2-1")
+    assert done.returncode == 2 and done.stderr.startswith("error: frames N-M needs M >= N")
+    done = run("dicom_converter.py", source, "-o", str(tmp_path / "x.gif"), "--crop", "1,2")
+    assert done.returncode == 2 and done.stderr.startswith("error: --crop takes X,Y,WIDTH,HEIGHT")
+    done = run("dicom_converter.py", source, "-o", str(tmp_path / "x.gif"), "--frames", "1-3")
+    assert done.returncode == 1 and "the image has 1 frame(s)" in done.stderr

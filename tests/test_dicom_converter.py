@@ -312,8 +312,8 @@ def test_quality_is_validated(bad: Any) -> None:
 
 
 def test_output_format_is_validated() -> None:
-    with pytest.raises(InvalidRequest, match="jpg, jpeg, png, webp"):
-        RenderOptions(output_format="gif")
+    with pytest.raises(InvalidRequest, match="jpg, jpeg, png, webp, gif"):
+        RenderOptions(output_format="tiff")
 
 
 # --- Result and metadata --------------------------------------------------------------------
