@@ -1,14 +1,18 @@
 """AWS Lambda entry point: any supported event in, the seed's response document out.
 
-This is the only module that knows event shapes and HTTP. The path of a request:
+This is the only module that knows event shapes; with ``delivery`` (how one
+conversion is answered: ETags, 304s, the output cache, links) it is the HTTP side.
+The path of a request:
 
     event (REST v1 | HTTP API v2 | Function URL | direct invoke)
       → Incoming (method, route, headers, query, body; one type for every shape)
       → route: GET /health, GET|POST /convert, OPTIONS (CORS preflight)
-      → ConvertRequest (convert_api: frozen, validated once)
-      → pipeline.fetch_and_render: temp_cleaner.workdir → file_downloader.fetch
-        → dicom_converter.render
-      → Response: the seed's JSON document, the image itself, or an S3 link
+      → ConvertRequest (convert_api: frozen, validated once; native, DICOMweb and
+        WADO-URI names; Accept picks the image format when no field does)
+      → delivery.convert: If-None-Match or an output cache → pipeline.probe (HEAD)
+        → 304 or the cached render; else pipeline.fetch_identify_render
+        (temp_cleaner.workdir → frame_fetch.fetch_frames → dicom_converter.render)
+      → Response: the seed's JSON document, the image itself, an S3 link, or 304
       → the event shape's result (proxy envelope, or the document for direct invoke)
 
 S3, SQS and EventBridge notifications go to ``notifications`` (and ``bulk``), and
@@ -33,12 +37,13 @@ import platform
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl
 
 import bulk
+import delivery
 import dicom_codecs
 import notifications
 import pipeline
@@ -47,12 +52,11 @@ from convert_api import (
     ConvertRequest,
     batch_document,
     error_document,
-    format_label,
     shown_value,
-    success_document,
     timestamp,
     urls_field,
 )
+from delivery import Response
 from errors import (
     ConfigurationError,
     InvalidRequest,
@@ -60,7 +64,6 @@ from errors import (
     NotificationFailed,
     RouteNotFound,
     ServiceError,
-    TooLarge,
 )
 from pipeline import Source
 from service_log import (
@@ -72,9 +75,6 @@ from service_log import (
 )
 from settings import Settings, get_settings
 from url_policy import source_type
-
-if TYPE_CHECKING:
-    from dicom_converter import RenderResult
 
 __version__ = "1.0.0"
 
@@ -88,8 +88,12 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "/health": ("GET", "OPTIONS"),
 }
 
-IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/*")
+IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/*")
 JSON_MEDIA_TYPES = ("application/json", "application/*", "*/*")
+
+# The sources read by byte ranges (ranged_reads.RANGED_SOURCES, which imports
+# requests: written out so that /health stays light; a test checks they agree).
+RANGED_SOURCES = ("http", "s3", "r2", "ftp")
 
 # Time kept back from the Lambda deadline for rendering and answering, so that a
 # slow source ends in a 504 from us rather than in a killed invocation.
@@ -384,16 +388,6 @@ def prefers_image(accept: str | None) -> bool:
 # ---------------------------------------------------------------------------
 
 
-@dataclass
-class Response:
-    status: int
-    document: dict[str, Any] | None = None
-    image: bytes | None = None
-    media_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
-    text: str | None = None  # the playground page
-
-
 def error_response(exc: BaseException, request_id: str) -> Response:
     """The response for any error: the document of ``errors.describe``'s one table."""
     document = error_document(exc, request_id)
@@ -413,7 +407,7 @@ def cors_headers(origin: str | None, settings: Settings | None) -> dict[str, str
         return {}
     headers = {
         "Access-Control-Allow-Origin": value,
-        "Access-Control-Expose-Headers": "X-Request-Id, Location",
+        "Access-Control-Expose-Headers": "X-Request-Id, Location, ETag, X-Source-Validator",
     }
     if value != "*":
         headers["Vary"] = "Origin"
@@ -428,7 +422,7 @@ def preflight(incoming: Incoming, settings: Settings) -> Response:
             {
                 "Access-Control-Allow-Methods": ", ".join(allow),
                 "Access-Control-Allow-Headers": incoming.header("access-control-request-headers")
-                or "Content-Type, Accept, Authorization, X-Api-Key",
+                or "Content-Type, Accept, Authorization, X-Api-Key, If-None-Match",
                 "Access-Control-Max-Age": "600",
             }
         )
@@ -527,6 +521,12 @@ def health(request_id: str, settings: Settings) -> Response:
             "root": settings.temp_root,
             "free_bytes": temp_cleaner.free_bytes(settings.temp_root),
         },
+        "downloads": {
+            "max_download_bytes": settings.max_download_bytes,
+            "max_download_bytes_counts": "bytes transferred per render (all ranged requests "
+            "together, or the whole download), not the size of the file",
+            "ranged_sources": list(RANGED_SOURCES),
+        },
         "uptime_seconds": round(time.monotonic() - _STARTED, 3),
         "timestamp": timestamp(),
         "request_id": request_id,
@@ -546,17 +546,27 @@ def convert(
     if "urls" in fields:
         return convert_batch(fields, incoming.kind, request_id, settings, context, log)
     accept = incoming.header("accept")
-    request = ConvertRequest.from_fields(fields, settings, prefers_image(accept))
+    request = ConvertRequest.from_fields(
+        fields,
+        settings,
+        prefers_image(accept),
+        delivery.negotiated_format(accept, settings.default_output_format),
+    )
     rooms = pipeline.rooms(settings)
     log.fields["url"] = redact_url(request.url)
     log.fields["source_type"] = source_type(request.url, request.storage_type, rooms.endpoints)
     source = Source(request.url, request.storage_type, _download_deadline(context))
-    result = pipeline.fetch_and_render(source, request.options, rooms, request_id, log)
-    log.sizes["image_bytes"] = result.file_size
-    log.fields["output"] = {"format": result.format, "width": result.width, "height": result.height}
-    started = time.perf_counter()
-    response = deliver(result, request, incoming.kind, request_id, settings, log)
-    log.stage("respond", started)
+    kind = incoming.kind
+    asked = delivery.Asked(
+        kind=kind,
+        request_id=request_id,
+        if_none_match=incoming.header("if-none-match"),
+        measure=lambda response: result_size(to_result(response, kind, request_id)),
+    )
+    policy = delivery.DeliveryPolicy(settings.cache_control, settings.max_response_bytes)
+    response = delivery.convert(request, source, rooms, policy, asked, log)
+    # The answer depends on Accept (its format, JSON or the image), so caches must key on it.
+    response.headers["Vary"] = "Accept"
     return response
 
 
@@ -585,56 +595,6 @@ def _download_deadline(context: Any) -> float | None:
     if remaining is None:
         return None
     return max(remaining - RENDER_RESERVE_SECONDS, 1.0)
-
-
-def deliver(
-    result: RenderResult,
-    request: ConvertRequest,
-    kind: str,
-    request_id: str,
-    settings: Settings,
-    log: RequestLog,
-) -> Response:
-    """Answer inline when it fits the payload limit, else with a link, else 413."""
-    binary = request.response == "binary" and kind != "direct"
-    if request.response == "url":
-        return link_response(result, request_id, settings, log, redirect=False)
-    if binary:
-        inline = Response(200, image=result.image, media_type=result.media_type)
-        inline.headers["Content-Disposition"] = (
-            f'inline; filename="{temp_cleaner.folder_name(request_id)}.{result.format}"'
-        )
-    else:
-        inline = Response(200, success_document(result, request_id))
-    # A rendered medical image is the caller's alone: never for shared caches by default.
-    inline.headers["Cache-Control"] = settings.cache_control
-    size = result_size(to_result(inline, kind, request_id))
-    log.sizes["response_bytes"] = size
-    if size <= settings.max_response_bytes:
-        return inline
-    if settings.output_bucket:
-        return link_response(result, request_id, settings, log, redirect=binary)
-    raise TooLarge(
-        f"the {format_label(result.format)} image is {result.file_size} bytes "
-        f"({result.width}x{result.height}); the response would be {size} bytes, above the "
-        f"{settings.max_response_bytes}-byte limit (MAX_RESPONSE_BYTES). Ask for a smaller "
-        "width/height or a lower quality, or set OUTPUT_BUCKET so that large images are "
-        "returned as a link"
-    )
-
-
-def link_response(
-    result: RenderResult, request_id: str, settings: Settings, log: RequestLog, redirect: bool
-) -> Response:
-    """Store the image in OUTPUT_BUCKET and answer with a presigned GET link."""
-    rooms = pipeline.rooms(settings)
-    url, key = pipeline.store_image(result, request_id, rooms)
-    log.fields["output_key"] = key
-    document = success_document(result, request_id, link=(url, rooms.output.expiry_seconds))
-    if redirect:
-        # The caller wanted the image itself (an <img> tag, Accept: image/*): send it there.
-        return Response(303, document, headers={"Location": url})
-    return Response(200, document)
 
 
 def convert_batch(
@@ -826,7 +786,11 @@ def _handle(
                 extra={"fields": {"request_id": request_id, "error_type": type(exc).__name__}},
             )
     if kind != "direct":
-        response.headers.update(cors_headers(origin, _settings_or_none(settings)))
+        cors = cors_headers(origin, _settings_or_none(settings))
+        vary = response.headers.get("Vary")
+        if "Vary" in cors and vary and cors["Vary"] not in vary:
+            cors["Vary"] = f"{vary}, {cors['Vary']}"
+        response.headers.update(cors)
     result = _serialisable(response, kind, request_id)
     log.emit(result.get("statusCode", response.status), started)
     return result

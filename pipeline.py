@@ -3,10 +3,17 @@
 ``POST /convert``, the batch form (``urls: [...]``) and S3 triggers all convert a
 file the same way, through ``fetch_and_render``:
 
-    temp_cleaner.workdir  a private folder, removed however the work ends
-    file_downloader.fetch the source, under the URL policy and the download limits
+    temp_cleaner.workdir   a private folder, removed however the work ends
+    frame_fetch.fetch_frames the source, under the URL policy and the download limits:
+                           only the bytes of the frames the render reads when the
+                           source allows ranged reads, else the whole file; with the
+                           source's identity (its validator, or a hash of the bytes)
     dicom_converter.render the first image, then any other frames the caller asks for
-                          from the same fetched file
+                           from the same fetched file
+
+``probe`` asks the source for its identity alone (a HEAD), which is what a
+revalidation or an output-cache lookup needs; ``fetch_identify_render`` lets the
+caller stop between the download and the render once the identity is known.
 
 ``Rooms`` holds what each room receives: download limits and the URL policy, render
 limits, the temp policy, the S3 configuration and where outputs go. ``rooms(settings)``
@@ -26,10 +33,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, TypeVar, overload
+from pathlib import Path
+from typing import TYPE_CHECKING, Generic, TypeVar, overload
 
 import s3_store
 import temp_cleaner
+from render_cache import OutputCache
 from s3_store import S3Config
 from service_log import RequestLog
 from settings import Settings
@@ -38,7 +47,8 @@ from url_policy import SourceEndpoints, UrlPolicy
 
 if TYPE_CHECKING:
     from dicom_converter import RenderLimits, RenderOptions, RenderResult
-    from file_downloader import DownloadOptions
+    from file_downloader import DownloadOptions, SourceIdentity
+    from frame_fetch import Fetched
 
 T = TypeVar("T")
 # Renders another frame of the file already fetched: frame number → image.
@@ -105,7 +115,9 @@ def _build(settings: Settings) -> Rooms:
             allowed_hosts=settings.allowed_hosts, allowed_buckets=settings.allowed_buckets
         ),
         render=RenderLimits(
-            max_pixel_bytes=settings.max_pixel_bytes, default_quality=settings.default_quality
+            max_pixel_bytes=settings.max_pixel_bytes,
+            default_quality=settings.default_quality,
+            max_frames=settings.max_frames,
         ),
         temp=temp_policy(settings),
         s3=S3Config(
@@ -163,6 +175,100 @@ def first_only(first: RenderResult, render_frame: RenderFrame) -> RenderResult:
     return first
 
 
+def frame_span(options: RenderOptions) -> tuple[int, int | None]:
+    """The frames a render with ``options`` reads, 1-based inclusive (None: to the last)."""
+    if options.frames is not None:
+        return options.frames.first, options.frames.last
+    return options.frame, options.frame
+
+
+def probe(source: Source, rooms: Rooms, log: RequestLog | None = None) -> SourceIdentity | None:
+    """The source's identity from a HEAD (or HeadObject, MDTM+SIZE), without a download.
+
+    None when the source gives no validator; then only a download can tell.
+    """
+    import file_downloader
+
+    started = time.perf_counter()
+    identity = file_downloader.probe(
+        source.url,
+        rooms.download,
+        source.policy or rooms.policy,
+        storage_type=source.storage_type,
+        deadline_seconds=source.deadline_seconds,
+    )
+    if log is not None:
+        log.stage("probe", started)
+        log.fields["source_validator"] = identity.kind if identity is not None else "none"
+    return identity
+
+
+@dataclass(frozen=True)
+class Rendered(Generic[T]):
+    """What ``fetch_identify_render`` did: the source's identity, then either the
+    render or what ``before_render`` answered instead of rendering."""
+
+    identity: SourceIdentity
+    result: RenderResult | None = None
+    instead: T | None = None
+
+
+def fetch_identify_render(
+    source: Source,
+    options: RenderOptions,
+    rooms: Rooms,
+    work_id: str,
+    log: RequestLog | None,
+    before_render: Callable[[SourceIdentity], T | None],
+) -> Rendered[T]:
+    """Fetch the frames ``options`` reads; ``before_render(identity)`` may then answer
+    instead of the render (a 304, a cached render), else the render is the answer."""
+    import dicom_converter
+
+    with temp_cleaner.workdir(work_id, rooms.temp) as folder:
+        fetched = _fetch(source, folder, rooms, frame_span(options), log)
+        instead = before_render(fetched.identity)
+        if instead is not None:
+            return Rendered(fetched.identity, instead=instead)
+        started = time.perf_counter()
+        result = dicom_converter.render(fetched.path, options, rooms.render)
+        _log_render(log, started, result)
+        return Rendered(fetched.identity, result)
+
+
+def _fetch(
+    source: Source,
+    folder: Path,
+    rooms: Rooms,
+    frames: tuple[int, int | None] | None,
+    log: RequestLog | None,
+) -> Fetched:
+    import frame_fetch
+
+    started = time.perf_counter()
+    fetched = frame_fetch.fetch_frames(
+        source.url,
+        folder,
+        rooms.download,
+        source.policy or rooms.policy,
+        storage_type=source.storage_type,
+        deadline_seconds=source.deadline_seconds,
+        frames=frames,
+    )
+    if log is not None:
+        log.stage("download", started)
+        log.sizes["download_bytes"] = fetched.bytes_transferred
+        log.fields["ranged"] = fetched.ranged
+    return fetched
+
+
+def _log_render(log: RequestLog | None, started: float, result: RenderResult) -> None:
+    if log is not None:
+        log.stage("decode_render", started)
+        # The converter's own split of that time: read, decode, render, encode.
+        log.durations.update(result.timings_ms)
+
+
 @overload
 def fetch_and_render(
     source: Source, options: RenderOptions, rooms: Rooms, work_id: str, log: RequestLog | None = ...
@@ -192,34 +298,21 @@ def fetch_and_render(
 ) -> T | RenderResult:
     """Fetch ``source`` into a work folder of its own and render it with ``options``.
 
-    Without ``then``, the rendered image is the answer. With it, the answer is
-    ``then(first, render_frame)``, called while the fetched file is still there:
-    ``render_frame(n)`` renders frame ``n`` of it with the same options (an S3
-    trigger renders every frame of a multi-frame file from one download). ``log``
-    receives the download and render stages, timings and sizes.
+    Without ``then``, the rendered image is the answer, and only the frames it
+    reads are fetched when the source allows. With ``then``, the whole file is
+    fetched and the answer is ``then(first, render_frame)``, called while the file is
+    still there: ``render_frame(n)`` renders frame ``n`` of it with the same options
+    (an S3 trigger renders every frame of a multi-frame file from one download).
+    ``log`` receives the download and render stages, timings and sizes.
     """
     import dicom_converter
-    import file_downloader
 
     with temp_cleaner.workdir(work_id, rooms.temp) as folder:
-        started = time.perf_counter()
-        path = file_downloader.fetch(
-            source.url,
-            folder,
-            rooms.download,
-            source.policy or rooms.policy,
-            storage_type=source.storage_type,
-            deadline_seconds=source.deadline_seconds,
-        )
-        if log is not None:
-            log.stage("download", started)
-            log.sizes["download_bytes"] = path.stat().st_size
+        span = frame_span(options) if then is None else None
+        path = _fetch(source, folder, rooms, span, log).path
         started = time.perf_counter()
         first = dicom_converter.render(path, options, rooms.render)
-        if log is not None:
-            log.stage("decode_render", started)
-            # The converter's own split of that time: read, decode, render, encode.
-            log.durations.update(first.timings_ms)
+        _log_render(log, started, first)
         if then is None:
             return first
 
@@ -227,6 +320,13 @@ def fetch_and_render(
             return dicom_converter.render(path, replace(options, frame=frame), rooms.render)
 
         return then(first, render_frame)
+
+
+def output_cache(rooms: Rooms) -> OutputCache | None:
+    """The output cache in OUTPUT_BUCKET, or None without one."""
+    if rooms.output.bucket is None:
+        return None
+    return OutputCache(rooms.s3, rooms.output.bucket, rooms.output.prefix)
 
 
 def store_image(result: RenderResult, name: str, rooms: Rooms) -> tuple[str, str]:

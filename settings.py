@@ -26,7 +26,7 @@ from errors import ConfigurationError
 CONFIG_PATH = Path(__file__).resolve().with_name("lambda_config.json")
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-OUTPUT_FORMATS = ("jpg", "jpeg", "png", "webp")
+OUTPUT_FORMATS = ("jpg", "jpeg", "png", "webp", "gif")
 TRIGGER_FRAMES = ("first", "all")
 _HOST_ENTRY_NAME = re.compile(r"^(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$")
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -88,6 +88,8 @@ class Settings:
     max_pixel_bytes: int = field(default_factory=lambda: memory_pixel_budget(os.environ))
     default_quality: int = 85
     default_output_format: str = "jpg"
+    # Most frames one request may render (frames=all or N-M: animations, contact sheets).
+    max_frames: int = 300
 
     # Responses (lambda_function).
     output_bucket: str | None = None
@@ -96,8 +98,9 @@ class Settings:
     max_response_bytes: int = LAMBDA_RESPONSE_LIMIT
     cors_origins: tuple[str, ...] = ("*",)
     # Cache-Control of a rendered image: a patient's image must not sit in a shared
-    # cache (CDN, proxy), and by default not in the browser's either.
-    cache_control: str = "private, no-store"
+    # cache (CDN, proxy); the caller's own browser may keep it and revalidate it with
+    # its ETag (If-None-Match), which costs a HEAD of the source, not a render.
+    cache_control: str = "private, max-age=3600"
 
     # Bulk conversion (bulk): S3 upload triggers and batch requests.
     # Events from any other bucket than WATCH_BUCKET are skipped; unset, none count.
@@ -180,6 +183,7 @@ def _validate(s: Settings) -> None:
         "connect_timeout_seconds",
         "read_timeout_seconds",
         "download_deadline_seconds",
+        "max_frames",
     ):
         if getattr(s, name) <= 0:
             fail(name, "must be greater than 0")

@@ -283,13 +283,14 @@ BAD_FIELDS: list[tuple[dict[str, Any], str]] = [
     ({"quality": "high"}, "quality must be an integer from 1 to 100"),
     ({"quality": True}, "quality must be an integer from 1 to 100"),
     ({"quality": 85.5}, "quality must be an integer from 1 to 100"),
-    ({"output_format": "gif"}, "output_format must be one of jpg, jpeg, png, webp"),
+    ({"output_format": "tiff"}, "output_format must be one of jpg, jpeg, png, webp, gif"),
     ({"storage_type": "smb"}, "storage_type must be one of auto, s3, r2, ftp, http"),
     ({"frame": 0}, "frame is 1-based"),
     ({"width": 0}, "width must be an integer from 1 to 16384"),
     ({"height": 20000}, "height must be an integer from 1 to 16384"),
     ({"window": {"center": 40}}, "window.center and window.width must be given together"),
-    ({"window": "40,400"}, "window must be an object"),
+    ({"window": 40}, "window must be an object"),
+    ({"window": "40"}, "window must be center,width[,linear|linear-exact|sigmoid]"),
     ({"window": {"center": 40, "width": 400, "gamma": 2}}, "unknown"),
     ({"window": {"center": 40, "width": 400, "function": "CUBIC"}}, "window_function must be"),
     ({"window": {"center": 40, "width": 0}}, "window width must be at least 1"),
@@ -582,7 +583,7 @@ def test_convert_from_ftp_never_logs_the_password(
     output = capsys.readouterr().out
     line = request_line(log_lines(output))
     assert line["source_type"] == "ftp"
-    assert "fetching" in caplog.text  # the downloader's lines, through the root logger
+    assert "fetch" in caplog.text  # the downloader's lines, through the root logger
     for text in (output, caplog.text, json.dumps(answer.document)):
         assert ftp_server.password not in text and "s3cr3t" not in text
 
@@ -638,7 +639,9 @@ def test_response_url_stores_the_image_and_answers_with_a_presigned_link(
     assert "X-Amz-Signature=" in data["image_url"]
     image = decode_image(fetch_link(data["image_url"]))
     assert image.format == "JPEG" and image.size == (data["width"], data["height"])
-    key = f"converted/{context.aws_request_id}.jpg"
+    # Kept in the output cache, under a key derived from the answer's ETag.
+    digest = answer.headers["ETag"].strip('"').rpartition("-")[0]
+    key = f"converted/cache/{digest}.jpg"
     stored = moto_s3.client().get_object(Bucket=output_bucket, Key=key)
     assert stored["ContentType"] == "image/jpeg"
     assert stored["Body"].read() == fetch_link(data["image_url"])
@@ -947,7 +950,8 @@ def test_logs_are_json_lines_with_stages_and_sizes_and_no_patient_data(
         "respond",
         "total",
     }
-    assert line["sizes"]["download_bytes"] == sample_dicom.stat().st_size
+    # Bytes transferred: this server ignores Range, so at least the whole file.
+    assert line["sizes"]["download_bytes"] >= sample_dicom.stat().st_size
     assert line["sizes"]["image_bytes"] == answer.document["data"]["file_size"]  # type: ignore[index]
     assert line["sizes"]["response_bytes"] > line["sizes"]["image_bytes"]
     assert all(entry["request_id"] == context.aws_request_id for entry in lines)
@@ -998,3 +1002,13 @@ def test_include_metadata_false_returns_no_metadata(
 ) -> None:
     event = with_url(load_event("direct_convert"), sample_url, include_metadata=False)
     assert invoke(event, make_settings()).document["metadata"] == {}  # type: ignore[index]
+
+
+def test_health_says_what_max_download_bytes_counts(make_settings: MakeSettings) -> None:
+    import ranged_reads
+
+    answer = invoke(load_event("direct_health"), make_settings(max_download_bytes=1234))
+    downloads = answer.document["downloads"]  # type: ignore[index]
+    assert downloads["max_download_bytes"] == 1234
+    assert "bytes transferred" in downloads["max_download_bytes_counts"]
+    assert sorted(downloads["ranged_sources"]) == sorted(ranged_reads.RANGED_SOURCES)
