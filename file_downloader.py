@@ -377,12 +377,7 @@ class HttpDownloader(Downloader):
                 if response.status_code in REDIRECT_STATUSES and "Location" in response.headers:
                     return response.headers["Location"]
                 check_status(response, url)
-                identity = http_identity(response.headers, _whole_length(response))
-                sink = _copy_body(response, dest, limits, url, digest=identity is None)
-                if watchdog.fired:
-                    # The shutdown may have ended a body without a declared length early.
-                    raise limits.deadline_error(url)
-                self.identity = identity or hashed_identity(sink)
+                self.identity = save_whole_answer(response, dest, limits, url, watchdog).identity
                 return None
 
     def _head(self, url: str, endpoint: Endpoint, limits: Limits) -> str | None:
@@ -496,6 +491,23 @@ def _whole_length(response: requests.Response) -> int | None:
     """The object's size by a whole answer's Content-Length (unknown when encoded)."""
     encoding = response.headers.get("Content-Encoding", "").strip().lower()
     return _content_length(response) if encoding in ("", "identity") else None
+
+
+def save_whole_answer(
+    response: requests.Response, dest: Path, limits: Limits, url: str, watchdog: Watchdog
+) -> Download:
+    """The body of a whole (200) answer in ``dest``, with the source's identity: its
+    validator, else the sha256 of the bytes."""
+    identity = http_identity(response.headers, _whole_length(response))
+    sink = _copy_body(response, dest, limits, url, digest=identity is None)
+    if watchdog.fired:
+        # The shutdown may have ended a body without a declared length early.
+        raise limits.deadline_error(url)
+    if identity is None and sink.digest is not None:
+        identity = SourceIdentity("sha256", sink.digest.hexdigest(), sink.size)
+    if identity is None:
+        raise AssertionError("a body without a validator is always hashed")
+    return Download(dest, identity, sink.size)
 
 
 def _copy_body(
@@ -843,7 +855,7 @@ DOWNLOADERS: dict[str, type[Downloader]] = {
 # --------------------------------------------------------------------------- entry point
 
 
-def _new_download_path(dest_dir: Path) -> Path:
+def new_download_path(dest_dir: Path) -> Path:
     """A fresh file name of ours; nothing in the URL or the response chooses it."""
     dest = dest_dir / f"download-{secrets.token_hex(8)}.dcm"
     try:
@@ -883,7 +895,7 @@ def download(
     the bytes when it gives none."""
     source = source_type(url, storage_type, options.endpoints)
     limits = Limits.from_options(options, deadline_seconds)
-    dest = _new_download_path(Path(dest_dir))
+    dest = new_download_path(Path(dest_dir))
     started = time.monotonic()
     logger.info("fetching %s from %s", redact_url(url), source)
     downloader = DOWNLOADERS[source](options, policy)

@@ -34,7 +34,7 @@ from pathlib import Path
 import file_downloader as fd
 from download_limits import DownloadOptions, Limits, local_error
 from errors import TooLarge
-from ranged_reads import RangedReader, RangeUnsupported, open_reader
+from ranged_reads import RangedReader, RangeUnsupported, WholeAnswer, open_reader
 from service_log import redact_url
 from url_policy import UrlPolicy
 
@@ -480,12 +480,24 @@ def _try_ranged(
 ) -> Fetched | None:
     """The ranged fetch of ``frames``, or None when a whole download must be made."""
     started = time.monotonic()
+    whole_dest = fd.new_download_path(dest_dir)
     try:
         reader, first = open_reader(
-            url, options, policy, FIRST_READ, storage_type=storage_type, limits=limits
+            url,
+            options,
+            policy,
+            FIRST_READ,
+            storage_type=storage_type,
+            limits=limits,
+            whole_dest=whole_dest,
         )
-    except RangeUnsupported:
-        return None
+    except WholeAnswer as whole:
+        return Fetched(whole.download.path, whole.download.identity, whole.download.size, False)
+    except BaseException as exc:
+        whole_dest.unlink(missing_ok=True)
+        if isinstance(exc, RangeUnsupported):
+            return None
+        raise
     with reader:
         try:
             if reader.identity is None:

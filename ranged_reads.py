@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from contextlib import ExitStack, closing, suppress
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -64,6 +65,14 @@ class RangeUnsupported(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class WholeAnswer(RangeUnsupported):
+    """The server ignored the range and sent the whole file, which is now on disk."""
+
+    def __init__(self, download: fd.Download) -> None:
+        super().__init__("the server answered 200 to a range; its whole answer was kept")
+        self.download = download
 
 
 def _checked_range(shown: str | None, start: int, stop: int) -> tuple[int, int, int]:
@@ -132,11 +141,19 @@ class RangedReader:
 
 class HttpRangedReader(RangedReader):
     def __init__(
-        self, url: str, limits: Limits, options: DownloadOptions, policy: UrlPolicy
+        self,
+        url: str,
+        limits: Limits,
+        options: DownloadOptions,
+        policy: UrlPolicy,
+        whole_dest: Path | None = None,
     ) -> None:
         super().__init__(url, limits)
         self.options = options
         self.policy = policy
+        # Where a whole (200) answer to the first range goes, instead of asking again.
+        self.whole_dest = whole_dest
+        self._whole: fd.Download | None = None
         self._session: requests.Session | None = None
         self._endpoint: Endpoint | None = None
         self._precondition: dict[str, str] = {}
@@ -152,19 +169,26 @@ class HttpRangedReader(RangedReader):
 
         self._charge(length)
         self.url = downloader.follow(self.url, self.limits, attempt)
+        if self._whole is not None:
+            raise WholeAnswer(self._whole)
         return first[0]
 
     def _first(self, url: str, endpoint: Endpoint, length: int, out: list[bytes]) -> str | None:
         if self._session is not None:
             self._stack.close()
             self._stack = ExitStack()
-        session, _watchdog = self._stack.enter_context(fd.pinned_session(endpoint, self.limits))
+        session, watchdog = self._stack.enter_context(fd.pinned_session(endpoint, self.limits))
         self._session, self._endpoint = session, endpoint
         extra = {"Range": f"bytes=0-{length - 1}"}
         response = fd.send_request(session, "GET", url, endpoint, self.limits, self.options, extra)
         with response:
             if response.status_code in fd.REDIRECT_STATUSES and "Location" in response.headers:
                 return response.headers["Location"]
+            if response.status_code == 200 and self.whole_dest is not None:
+                self._whole = fd.save_whole_answer(
+                    response, self.whole_dest, self.limits, url, watchdog
+                )
+                return None
             if response.status_code != 206:
                 if response.status_code != 416:
                     fd.check_status(response, url)
@@ -416,16 +440,18 @@ def open_reader(
     *,
     storage_type: str = "auto",
     limits: Limits,
+    whole_dest: Path | None = None,
 ) -> tuple[RangedReader, bytes]:
     """A reader of ``url`` and its first ``first_bytes`` bytes (fewer if the object is
-    shorter). Raises ``RangeUnsupported`` when the source cannot serve ranges; the
-    caller closes the reader."""
+    shorter). Raises ``RangeUnsupported`` when the source cannot serve ranges, and
+    its ``WholeAnswer`` when an HTTP server answered the range with the whole file,
+    saved in ``whole_dest``; the caller closes the reader."""
     source = source_type(url, storage_type, options.endpoints)
     if source not in RANGED_SOURCES:
         raise RangeUnsupported(f"{source} sources are read whole")
     reader: HttpRangedReader | S3RangedReader | FtpRangedReader
     if source == "http":
-        reader = HttpRangedReader(url, limits, options, policy)
+        reader = HttpRangedReader(url, limits, options, policy, whole_dest)
     elif source == "ftp":
         ftp = fd.DOWNLOADERS[source](options, policy)
         assert isinstance(ftp, fd.FtpDownloader)

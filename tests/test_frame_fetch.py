@@ -171,6 +171,20 @@ def test_servers_that_do_not_honour_ranges_get_a_whole_download(
     assert fetched.bytes_transferred == path.stat().st_size
 
 
+def test_a_server_that_ignores_range_is_read_once(
+    files: dict[str, Path], serve: Any, http_server: servers.HttpServer, tmp_path: Path
+) -> None:
+    # Its whole answer to the first range is kept, not asked for a second time.
+    path = files["bot"]
+    url, route = serve(path, "ignore")
+    before = http_server.hits(f"/ignore/{path.name}")
+    fetched = fetch(url, tmp_path, (50, 50))
+    assert not fetched.ranged and fetched.path.read_bytes() == path.read_bytes()
+    assert http_server.hits(f"/ignore/{path.name}") - before == 1
+    assert route.served == path.stat().st_size
+    assert [p.name for p in tmp_path.iterdir()] == [fetched.path.name]
+
+
 def test_no_validator_means_a_whole_download(
     files: dict[str, Path], serve: Any, tmp_path: Path
 ) -> None:
