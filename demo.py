@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +33,8 @@ from typing import Any
 PROJECT = Path(__file__).resolve().parent
 OUT = PROJECT / "out"
 SAMPLE = "CT_small.dcm"
+API_PORT = 3000
+SAMPLE_PORT = 8000
 
 
 def sample_path(name: str = SAMPLE) -> Path:
@@ -49,11 +52,21 @@ class _QuietFiles(SimpleHTTPRequestHandler):
         return None
 
 
+def port_or_any(port: int) -> int:
+    """`port` when it is free on 127.0.0.1, else 0 (the OS picks one)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
+    return port
+
+
 @contextmanager
-def serve_file(path: Path) -> Iterator[str]:
+def serve_file(path: Path, port: int = 0) -> Iterator[str]:
     """Serve the folder of `path` on 127.0.0.1; yields the file's URL."""
     handler = functools.partial(_QuietFiles, directory=str(path.parent))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -64,10 +77,10 @@ def serve_file(path: Path) -> Iterator[str]:
 
 
 @contextmanager
-def local_api(env: dict[str, str]) -> Iterator[str]:
-    """Run ``local_api.py --port 0`` and yield its base URL once it answers /health."""
+def local_api(env: dict[str, str], port: int = 0) -> Iterator[str]:
+    """Run ``local_api.py --port PORT`` and yield its base URL once it answers /health."""
     process = subprocess.Popen(
-        [sys.executable, str(PROJECT / "local_api.py"), "--port", "0"],
+        [sys.executable, str(PROJECT / "local_api.py"), "--port", str(port)],
         cwd=PROJECT,
         env=env,
         stdout=subprocess.PIPE,
@@ -139,12 +152,19 @@ def main() -> int:
 
 
 def serve() -> int:
-    """``make serve``: the local API with the playground page, until Ctrl-C."""
+    """``make serve``: the local API with the playground page, until Ctrl-C.
+
+    Fixed ports (API 3000, files 8000, as the README's curl examples use) when they
+    are free; any free port otherwise.
+    """
     sample = sample_path()
     env = {**os.environ, "ALLOWED_HOSTS": "127.0.0.1:*"}
-    with serve_file(sample) as dicom_url, local_api(env) as api:
+    files_port, api_port = port_or_any(SAMPLE_PORT), port_or_any(API_PORT)
+    with serve_file(sample, files_port) as dicom_url, local_api(env, api_port) as api:
         print(f"playground: {api}/")
         print(f"sample URL to paste: {dicom_url}")
+        base = dicom_url.rsplit("/", 1)[0]
+        print(f"more samples: {base}/examples_ybr_color.dcm (30 frames), {base}/MR_small.dcm")
         print(f"or open:    {api}/?url={urllib.parse.quote(dicom_url, safe='')}")
         print("Ctrl-C stops both servers.")
         try:
