@@ -45,6 +45,7 @@ from dicom_dataset import (
     image_pixel_module,
     read_dataset,
     transfer_syntax,
+    use_frame_functional_groups,
 )
 from errors import CorruptDicom, InvalidRequest, ServiceError, UnsupportedImage
 from frame_sequences import render_sequence
@@ -673,6 +674,7 @@ def paint_frame(
         # decoding; dropping it lowers the peak of the display stages by that much.
         for tag in {0x7FE00010, 0x7FE00008, 0x7FE00009} & set(ds.keys()):
             del ds[tag]
+    use_frame_functional_groups(ds, index)
     pixels, window = display_pixels(ds, frame, module, options, fixed)
     del frame  # the stored frame is no longer needed while the region is cut
     return crop_region(pixels, box, module.columns, module.rows), window

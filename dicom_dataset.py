@@ -393,6 +393,59 @@ def transfer_syntax(ds: Dataset) -> str:
     )
 
 
+# Enhanced multi-frame images (PS3.3 C.7.6.16) carry the Modality LUT and VOI
+# attributes of each frame in functional group macros, not at the top level:
+# Pixel Value Transformation (C.7.6.16.2.9) and Frame VOI LUT (C.7.6.16.2.10).
+FRAME_MACROS = {
+    "PixelValueTransformationSequence": ("RescaleIntercept", "RescaleSlope", "RescaleType"),
+    "FrameVOILUTSequence": (
+        "WindowCenter",
+        "WindowWidth",
+        "VOILUTFunction",
+        "WindowCenterWidthExplanation",
+        "VOILUTSequence",
+    ),
+}
+_SHARED_GROUPS = 0x52009229
+_PER_FRAME_GROUPS = 0x52009230
+
+
+def use_frame_functional_groups(ds: Dataset, index: int) -> None:
+    """Give frame `index` (0-based) its own Modality LUT and VOI attributes.
+
+    Each macro is taken from the frame's Per-frame Functional Groups item, else
+    from the Shared Functional Groups, and replaces the top-level attributes it
+    names, so that the display stages read one frame's values as they read a
+    single-frame image's. A file without functional groups is left as it is.
+    """
+    if _SHARED_GROUPS not in ds and _PER_FRAME_GROUPS not in ds:
+        return
+    try:
+        groups = [_group_item(ds, _PER_FRAME_GROUPS, index), _group_item(ds, _SHARED_GROUPS, 0)]
+        for macro, keywords in FRAME_MACROS.items():
+            item = next((g[macro][0] for g in groups if g is not None and g.get(macro)), None)
+            if item is None:
+                continue
+            for keyword in keywords:
+                if keyword in item:
+                    ds[keyword] = item[keyword]
+                elif keyword in ds:
+                    del ds[keyword]
+    except (MemoryError, ServiceError):
+        raise
+    except Exception as exc:  # pydicom parses a raw sequence on first access: anything
+        raise CorruptDicom(
+            f"the functional groups of frame {index + 1} could not be read: {parse_error_text(exc)}"
+        ) from exc
+
+
+def _group_item(ds: Dataset, tag: int, index: int) -> Dataset | None:
+    sequence = ds[tag].value if tag in ds else None
+    if not sequence or index >= len(sequence):
+        return None
+    return sequence[index]
+
+
 def check_pixel_data_length(ds: Dataset, module: ImagePixelModule) -> None:
     """Refuse native pixel data shorter than the header says (truncated files).
 
