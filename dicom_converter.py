@@ -48,7 +48,7 @@ from dicom_dataset import (
     use_frame_functional_groups,
 )
 from errors import CorruptDicom, InvalidRequest, ServiceError, UnsupportedImage
-from frame_sequences import render_sequence
+from frame_sequences import SequenceJob, render_sequence
 from image_output import (
     SourceBox,
     crop_region,
@@ -775,17 +775,10 @@ def render_frames(
     box = region_box(options.region, module.columns, module.rows)
     paint = partial(paint_frame, ds, module, options, limits.max_pixel_bytes, timings=timings)
     colour = module.samples_per_pixel == 3 or module.photometric_interpretation == "PALETTE COLOR"
-    sequence = render_sequence(
-        ds,
-        module.frames,
-        (box.width, box.height),
-        options,
-        limits,
-        quality,
-        paint,
-        timings,
-        channels=3 if colour else 1,
+    job = SequenceJob(
+        options, limits, quality, paint, timings, (box.width, box.height), 3 if colour else 1
     )
+    sequence = render_sequence(ds, module.frames, job)
     return RenderResult(
         image=sequence.image,
         format=options.output_format,

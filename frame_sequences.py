@@ -79,6 +79,21 @@ class FrameSequence:
     durations_ms: tuple[int, ...] | None = None
 
 
+@dataclass(frozen=True)
+class SequenceJob:
+    """What every frame of one sequence shares: the options and limits, the output
+    quality, the painter, the timer, the source region's size (width, height) and
+    the channels the display stages give (1 grey, 3 RGB)."""
+
+    options: RenderOptions
+    limits: RenderLimits
+    quality: int
+    paint: Painter
+    timings: StageTimer
+    source: tuple[int, int]
+    channels: int
+
+
 def frame_span(frames: FrameRange, total: int, max_frames: int) -> tuple[int, int]:
     """The 1-based inclusive range to render, checked before any frame is decoded."""
     last = total if frames.last is None else frames.last
@@ -207,28 +222,14 @@ def tile_size(
     return width, height
 
 
-def render_sequence(
-    ds: Dataset,
-    total: int,
-    source: tuple[int, int],
-    options: RenderOptions,
-    limits: RenderLimits,
-    quality: int,
-    paint: Painter,
-    timings: StageTimer,
-    channels: int,
-) -> FrameSequence:
-    """Render options.frames of a file with `total` frames whose region is `source` (w, h).
-
-    `channels` is what the display stages give: 1 (grey) or 3 (RGB).
-    """
+def render_sequence(ds: Dataset, total: int, job: SequenceJob) -> FrameSequence:
+    """Render ``job.options.frames`` of a file with `total` frames."""
+    options = job.options
     assert options.frames is not None
-    first, last = frame_span(options.frames, total, limits.max_frames)
+    first, last = frame_span(options.frames, total, job.limits.max_frames)
     if options.output_format in ANIMATION_FORMATS:
-        durations = frame_durations_ms(ds, first, last, total)
-        size = viewport_size(*source, options.width, options.height)
-        return _animate(first, last, size, durations, options, quality, paint, timings)
-    return _contact_sheet(first, last, source, options, limits, quality, paint, timings, channels)
+        return _animate(first, last, frame_durations_ms(ds, first, last, total), job)
+    return _contact_sheet(first, last, job)
 
 
 def _frames(
@@ -236,8 +237,7 @@ def _frames(
     last: int,
     size: tuple[int, int],
     target: Target,
-    paint: Painter,
-    timings: StageTimer,
+    job: SequenceJob,
     chosen: list[AppliedWindow],
 ) -> Iterator[Image.Image]:
     """Each frame painted for `target`, fitted to `size`, all with the first frame's window.
@@ -245,29 +245,22 @@ def _frames(
     That window is put in `chosen` once the first frame is painted.
     """
     for number in range(first, last + 1):
-        timings.lap("encode")  # the previous frame went into the encoder since the last lap
-        pixels, used = paint(number - 1, chosen[0] if chosen else None, target)
+        job.timings.lap("encode")  # the previous frame went into the encoder since the last lap
+        pixels, used = job.paint(number - 1, chosen[0] if chosen else None, target)
         if not chosen:
             chosen.append(used)
-        timings.lap("render")
+        job.timings.lap("render")
         yield fitted_image(pixels, size)
         del pixels
 
 
-def _animate(
-    first: int,
-    last: int,
-    size: tuple[int, int],
-    durations: list[float],
-    options: RenderOptions,
-    quality: int,
-    paint: Painter,
-    timings: StageTimer,
-) -> FrameSequence:
+def _animate(first: int, last: int, durations: list[float], job: SequenceJob) -> FrameSequence:
+    options = job.options
+    size = viewport_size(*job.source, options.width, options.height)
     chosen: list[AppliedWindow] = []
     # Reduced decoding as for a single frame of these options, so frame 1 matches it.
     target = (options.width, options.height)
-    frames = _frames(first, last, size, target, paint, timings, chosen)
+    frames = _frames(first, last, size, target, job, chosen)
     if options.output_format == "gif":
         shown = gif_durations_ms(durations)
         gif = GifStream(size)
@@ -276,8 +269,8 @@ def _animate(
         data = gif.finish()
     else:
         shown = webp_durations_ms(durations)
-        data = _webp(frames, last - first + 1, shown, quality)
-    timings.lap("encode")
+        data = _webp(frames, last - first + 1, shown, job.quality)
+    job.timings.lap("encode")
     return FrameSequence(data, *size, chosen[0], first, last, "animation", durations_ms=shown)
 
 
@@ -353,17 +346,7 @@ def _lazy_frames_class() -> type:
     return LazyFrames
 
 
-def _contact_sheet(
-    first: int,
-    last: int,
-    source: tuple[int, int],
-    options: RenderOptions,
-    limits: RenderLimits,
-    quality: int,
-    paint: Painter,
-    timings: StageTimer,
-    channels: int,
-) -> FrameSequence:
+def _contact_sheet(first: int, last: int, job: SequenceJob) -> FrameSequence:
     """Frames in row-major order on a near-square grid, frame `first` at the top left.
 
     The sheet is allocated once; each tile is painted for its own size (so a
@@ -373,17 +356,17 @@ def _contact_sheet(
     from PIL import Image
 
     grid = contact_grid(last - first + 1)
-    tile = tile_size(source, grid, options, limits.max_pixel_bytes, channels)
-    shape = (grid[1] * tile[1], grid[0] * tile[0]) + ((3,) if channels == 3 else ())
+    tile = tile_size(job.source, grid, job.options, job.limits.max_pixel_bytes, job.channels)
+    shape = (grid[1] * tile[1], grid[0] * tile[0]) + ((3,) if job.channels == 3 else ())
     sheet = np.zeros(shape, np.uint8)
     chosen: list[AppliedWindow] = []
-    for position, image in enumerate(_frames(first, last, tile, tile, paint, timings, chosen)):
+    for position, image in enumerate(_frames(first, last, tile, tile, job, chosen)):
         x, y = (position % grid[0]) * tile[0], (position // grid[0]) * tile[1]
         sheet[y : y + tile[1], x : x + tile[0]] = np.asarray(image)
-    image = Image.fromarray(sheet, mode="L" if channels == 1 else "RGB")
+    image = Image.fromarray(sheet, mode="L" if job.channels == 1 else "RGB")
     del sheet
-    data = encode_image(image, options.output_format, quality)
-    timings.lap("encode")
+    data = encode_image(image, job.options.output_format, job.quality)
+    job.timings.lap("encode")
     return FrameSequence(
         data, image.width, image.height, chosen[0], first, last, "contact_sheet", grid
     )

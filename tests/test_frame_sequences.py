@@ -28,6 +28,7 @@ from dicom_converter import (
 )
 from errors import InvalidRequest
 from frame_sequences import (
+    SequenceJob,
     contact_grid,
     frame_durations_ms,
     gif_durations_ms,
@@ -318,9 +319,8 @@ def test_only_the_requested_frames_are_painted_one_at_a_time() -> None:
         return np.full((6, 8), index, np.uint8), window or first_window
 
     options = RenderOptions("gif", frames=FrameRange(4, 7))
-    sequence = render_sequence(
-        Dataset(), 50, (8, 6), options, RenderLimits(), 85, paint, StageTimer(), channels=1
-    )
+    job = SequenceJob(options, RenderLimits(), 85, paint, StageTimer(), (8, 6), channels=1)
+    sequence = render_sequence(Dataset(), 50, job)
     assert painted == [3, 4, 5, 6]
     assert windows == [None, first_window, first_window, first_window]
     assert sequence.window == first_window
