@@ -314,12 +314,13 @@ def deliver(
     if can_link:
         return link_response(rendition, asked.request_id, expiry_seconds, log, redirect=binary)
     info = rendition.described()
+    fewer = " or fewer frames (frames=N-M)," if info.get("frame_range") else ""
     raise TooLarge(
         f"the {format_label(info['format'])} image is {info['file_size']} bytes "
         f"({info['width']}x{info['height']}); the response would be {size} bytes, above the "
         f"{policy.max_response_bytes}-byte limit (MAX_RESPONSE_BYTES). Ask for a smaller "
-        "width/height or a lower quality, or set OUTPUT_BUCKET so that large images are "
-        "returned as a link"
+        f"width/height,{fewer} or a lower quality, or set OUTPUT_BUCKET so that large "
+        "images are returned as a link"
     )
 
 

@@ -32,7 +32,7 @@ import lambda_function
 import service_log
 from settings import Settings, get_settings, load_settings
 from tests import servers
-from tests.corpus import corpus_file
+from tests.corpus import bundled_file, corpus_file
 from tests.handler_support import (
     Answer,
     LambdaContext,
@@ -678,6 +678,16 @@ def test_an_answer_above_the_limit_without_a_bucket_is_413(
             assert hint in document["message"]
     settings = make_settings(max_response_bytes=200_000)
     assert invoke(with_url(load_event("rest_convert_post"), sample_url), settings).status == 200
+
+
+def test_a_sequence_above_the_limit_without_a_bucket_says_to_ask_for_fewer_frames(
+    http_server: servers.HttpServer, make_settings: MakeSettings
+) -> None:
+    url = http_server.put("examples_ybr_color.dcm", bundled_file("examples_ybr_color.dcm"))
+    settings = make_settings(max_response_bytes=4000)
+    event = with_url(load_event("direct_convert"), url, frames="all", output_format="gif")
+    document = assert_error(invoke(event, settings), 413, "too_large")
+    assert "fewer frames (frames=N-M)" in document["message"]
 
 
 def test_an_unwritable_output_bucket_is_a_configuration_error(
