@@ -863,7 +863,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM files or folders")
     parser.add_argument("-o", "--output", required=True, help="output file, or folder")
-    parser.add_argument("--format", default="jpg", choices=sorted(FORMAT_NAMES))
+    parser.add_argument(
+        "--format",
+        choices=sorted(FORMAT_NAMES),
+        help="output format (default: the output file's extension, else jpg)",
+    )
     parser.add_argument("--quality", type=int)
     parser.add_argument("--frame", type=int, default=1, help="1-based frame number")
     parser.add_argument(
@@ -881,9 +885,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cli_output_format(requested: str | None, output: str) -> str:
+    """--format, else the format the output file's extension names, else jpg.
+
+    An output file named for one format and a --format naming another would
+    hold bytes its name misdescribes: refused.
+    """
+    named = FORMAT_NAMES.get(Path(output).suffix.lower().lstrip("."))
+    if requested is None:
+        return named or "jpg"
+    if named is not None and FORMAT_NAMES[requested] != named:
+        raise InvalidRequest(
+            f"--format {requested} does not match the output file {Path(output).name}; "
+            "leave out --format, or name the file for the format"
+        )
+    return requested
+
+
 def _cli_options(args: argparse.Namespace) -> RenderOptions:
     return RenderOptions(
-        output_format=args.format,
+        output_format=cli_output_format(args.format, args.output),
         quality=args.quality,
         frame=args.frame,
         window=parse_window(args.window) if args.window else None,

@@ -36,6 +36,26 @@ def test_single_file_writes_the_output_file(tmp_path: Path) -> None:
     assert Image.open(out).size == (32, 32)
 
 
+def test_the_output_file_extension_picks_the_format(tmp_path: Path) -> None:
+    source = str(bundled_file("CT_small.dcm"))
+    for name, expected in (
+        ("ct.png", "PNG"),
+        ("ct.webp", "WEBP"),
+        ("ct.gif", "GIF"),
+        ("ct", "JPEG"),
+    ):
+        done = run("dicom_converter.py", source, "-o", str(tmp_path / name))
+        assert done.returncode == 0, done.stderr
+        assert Image.open(tmp_path / name).format == expected
+    done = run("dicom_converter.py", source, "-o", str(tmp_path / "x.png"), "--format", "jpg")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: --format jpg does not match the output file x.png; "
+        "leave out --format, or name the file for the format"
+    )
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_module_form_with_window_and_metadata(tmp_path: Path) -> None:
     out = tmp_path / "mr.jpg"
     done = run(
