@@ -19,12 +19,14 @@ Files: ``sample_dicom`` (CT_small.dcm from pydicom's wheel) and ``corpus_files``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import temp_cleaner
+from settings import Settings, load_settings
 from tests import servers
 from tests.corpus import bundled_file, corpus_dir, corpus_required
 
@@ -177,3 +179,28 @@ def _sweep_clock() -> None:
 def temp_root(tmp_path: Path) -> Path:
     """A work-folder root of the test's own (the handler's TEMP_ROOT)."""
     return tmp_path / "work"
+
+
+@pytest.fixture
+def make_settings(temp_root: Path) -> Callable[..., Settings]:
+    """Settings for loopback handler tests, independent of the developer's environment."""
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "temp_root": str(temp_root),
+            "allowed_hosts": "127.0.0.1:*",
+            "download_retries": 0,
+            "connect_timeout_seconds": 2,
+            "read_timeout_seconds": 5,
+            "download_deadline_seconds": 10,
+        }
+        values.update(overrides)
+        return load_settings(values, environ={})
+
+    return build
+
+
+@pytest.fixture
+def sample_url(http_server: servers.HttpServer, sample_dicom: Path) -> str:
+    """CT_small.dcm on the loopback HTTP server."""
+    return http_server.put("CT_small.dcm", sample_dicom)

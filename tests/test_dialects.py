@@ -20,31 +20,12 @@ from PIL import Image
 from convert_api import ConvertRequest
 from dicom_converter import FrameRange, Region, Window
 from errors import InvalidRequest
-from settings import Settings, load_settings
+from settings import Settings
 from tests import servers
 from tests.dicom_files import image_dataset
 from tests.handler_support import Answer, invoke, load_event, with_url
 
 MakeSettings = Callable[..., Settings]
-
-
-@pytest.fixture
-def make_settings(temp_root: Path) -> MakeSettings:
-    def build(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "temp_root": str(temp_root),
-            "allowed_hosts": "127.0.0.1:*",
-            "download_retries": 0,
-        }
-        values.update(overrides)
-        return load_settings(values, environ={})
-
-    return build
-
-
-@pytest.fixture
-def sample_url(http_server: servers.HttpServer, sample_dicom: Path) -> str:
-    return http_server.put("CT_small.dcm", sample_dicom)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ import dicom_codecs
 import errors
 import lambda_function
 import service_log
-from settings import Settings, get_settings, load_settings
+from settings import Settings, get_settings
 from tests import servers
 from tests.corpus import bundled_file, corpus_file
 from tests.handler_support import (
@@ -48,30 +48,6 @@ PROJECT = Path(__file__).resolve().parents[1]
 HEAVY_MODULES = ("numpy", "pydicom", "PIL", "boto3", "botocore", "requests")
 
 MakeSettings = Callable[..., Settings]
-
-
-@pytest.fixture
-def make_settings(temp_root: Path) -> MakeSettings:
-    """Settings for loopback tests, independent of the developer's environment."""
-
-    def build(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "temp_root": str(temp_root),
-            "allowed_hosts": "127.0.0.1:*",
-            "download_retries": 0,
-            "connect_timeout_seconds": 2,
-            "read_timeout_seconds": 5,
-            "download_deadline_seconds": 10,
-        }
-        values.update(overrides)
-        return load_settings(values, environ={})
-
-    return build
-
-
-@pytest.fixture
-def sample_url(http_server: servers.HttpServer, sample_dicom: Path) -> str:
-    return http_server.put("CT_small.dcm", sample_dicom)
 
 
 def decode_image(data: bytes) -> Image.Image:

@@ -23,26 +23,12 @@ import requests
 import lambda_function
 import local_api
 import render_cache
-from settings import Settings, load_settings
+from settings import Settings
 from tests import servers
 from tests.handler_support import Answer, event_names, invoke, load_event, with_url
 
 MakeSettings = Callable[..., Settings]
 VERSION_ETAG = '"source-v1"'
-
-
-@pytest.fixture
-def make_settings(temp_root: Path) -> MakeSettings:
-    def build(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "temp_root": str(temp_root),
-            "allowed_hosts": "127.0.0.1:*",
-            "download_retries": 0,
-        }
-        values.update(overrides)
-        return load_settings(values, environ={})
-
-    return build
 
 
 @pytest.fixture
