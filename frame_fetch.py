@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import file_downloader as fd
+from dicom_codecs import DEFLATED, EXPLICIT_BE, IMPLICIT_LE, NATIVE_SYNTAXES
 from download_limits import DownloadOptions, Limits, local_error
 from errors import TooLarge
 from ranged_reads import RangedReader, RangeUnsupported, WholeAnswer, open_reader
@@ -72,10 +73,6 @@ _ATTRIBUTES = {
 _LONG_VRS = frozenset(
     (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
 )
-IMPLICIT_LE = "1.2.840.10008.1.2"
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
-EXPLICIT_BE = "1.2.840.10008.1.2.2"
-DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.202")
 
 
 @dataclass(frozen=True)
@@ -211,7 +208,7 @@ def _transfer_syntax(source: _Source) -> tuple[str, int]:
             raw = source.header(element.value, element.length)
             syntax = raw.decode("ascii", "replace").strip("\0 ")
         pos = element.end
-    if syntax in DEFLATED:
+    if syntax == DEFLATED:
         raise _NotLocated("a deflated transfer syntax")
     return syntax, pos
 
@@ -436,7 +433,7 @@ def _ranged(
 ) -> Path:
     source = _Source(reader, first)
     layout = _find_pixel_data(source)
-    native = layout.syntax in (IMPLICIT_LE, EXPLICIT_LE, EXPLICIT_BE)
+    native = layout.syntax in NATIVE_SYNTAXES
     if not native and layout.pixel_data.length != UNDEFINED:
         raise _NotLocated("encapsulated pixel data of defined length")
     end = (_native if native else _encapsulated)(source, layout, frames)

@@ -217,6 +217,28 @@ def test_deflated_files_are_read_whole(serve: Any, pixels: np.ndarray, tmp_path:
     assert not fetched.ranged and fetched.path.read_bytes() == path.read_bytes()
 
 
+def test_every_encapsulated_syntax_is_located_not_only_jpeg(
+    serve: Any, pixels: np.ndarray, tmp_path: Path
+) -> None:
+    # The fetch reads offset tables and item headers, never the codestream, so a
+    # file labelled HTJ2K with RPCL options (1.2.840.10008.1.2.4.202) is ranged too.
+    import pydicom
+    from pydicom.encaps import get_frame
+
+    path = build(tmp_path, "bot", 40, pixels[:256, :256].copy())
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.202"
+    ds.save_as(path, enforce_file_format=True)
+    url, route = serve(path)
+    fetched = fetch(url, tmp_path / "out", (30, 30))
+    assert fetched.ranged and route.served < path.stat().st_size / 5
+
+    def frame_30(file: Path) -> bytes:
+        return get_frame(pydicom.dcmread(file).PixelData, 29, number_of_frames=40)
+
+    assert frame_30(fetched.path) == frame_30(path)
+
+
 def test_too_many_items_to_walk_means_a_whole_download(
     serve: Any, pixels: np.ndarray, tmp_path: Path
 ) -> None:
