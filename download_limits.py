@@ -206,14 +206,24 @@ class Sink:
         return too_large(self._url, what, self._limits.options.max_bytes)
 
     def _check_space(self, incoming: int) -> None:
-        free = shutil.disk_usage(self.path.parent).free
-        if free - incoming < self._limits.options.min_free_bytes:
-            raise TooLarge(
-                f"not enough free space in the work folder to download {shown_url(self._url)}: "
-                f"{free} bytes free, and MIN_FREE_TMP_BYTES "
-                f"({self._limits.options.min_free_bytes}) "
-                "must stay free; raise the function's ephemeral storage or fetch a smaller file"
-            )
+        check_free_space(
+            self.path.parent,
+            incoming,
+            self._limits.options.min_free_bytes,
+            f"to download {shown_url(self._url)}",
+        )
+
+
+def check_free_space(folder: Path, incoming: int, min_free_bytes: int, purpose: str) -> None:
+    """Refuse to write ``incoming`` bytes into ``folder`` when MIN_FREE_TMP_BYTES would
+    not stay free; ``purpose`` completes "not enough free space in the work folder"."""
+    free = shutil.disk_usage(folder).free
+    if free - incoming < min_free_bytes:
+        raise TooLarge(
+            f"not enough free space in the work folder {purpose}: {free} bytes free, and "
+            f"MIN_FREE_TMP_BYTES ({min_free_bytes}) must stay free; raise the function's "
+            "ephemeral storage or fetch a smaller file"
+        )
 
 
 class Retry(Exception):

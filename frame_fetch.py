@@ -23,8 +23,6 @@ policy, limits and deadline.
 from __future__ import annotations
 
 import logging
-import secrets
-import shutil
 import struct
 import time
 from collections.abc import Callable
@@ -33,8 +31,7 @@ from pathlib import Path
 
 import file_downloader as fd
 from dicom_codecs import DEFLATED, EXPLICIT_BE, IMPLICIT_LE, NATIVE_SYNTAXES
-from download_limits import DownloadOptions, Limits, local_error
-from errors import TooLarge
+from download_limits import DownloadOptions, Limits, check_free_space, local_error
 from ranged_reads import RangedReader, RangeUnsupported, WholeAnswer, open_reader
 from service_log import redact_url
 from url_policy import UrlPolicy
@@ -401,20 +398,14 @@ def _encapsulated(source: _Source, layout: _Layout, frames: FrameSpan) -> int:
 # --------------------------------------------------------------------------- the local file
 
 
-def _write_sparse(source: _Source, end: int, dest_dir: Path, options: DownloadOptions) -> Path:
-    """The fetched ranges at their offsets in a new file ``end`` bytes long; the rest
-    are holes, which take no space."""
-    dest = dest_dir / f"download-{secrets.token_hex(8)}.dcm"
+def _write_sparse(source: _Source, end: int, dest: Path, options: DownloadOptions) -> Path:
+    """The fetched ranges at their offsets in ``dest``, a new file ``end`` bytes long;
+    the rest are holes, which take no space."""
     needed = sum(len(data) for _, data in source.chunks)
     try:
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(dest_dir).free
-        if free - needed < options.min_free_bytes:
-            raise TooLarge(
-                f"not enough free space in the work folder for {needed} bytes: {free} bytes "
-                f"free, and MIN_FREE_TMP_BYTES ({options.min_free_bytes}) must stay free; "
-                "raise the function's ephemeral storage"
-            )
+        check_free_space(
+            dest.parent, needed, options.min_free_bytes, f"for the {needed} bytes fetched"
+        )
         with dest.open("wb") as f:
             # Fetched bytes first, then the filler item headers over them.
             for start, data in [*sorted(source.chunks), *source.fillers]:
@@ -429,7 +420,7 @@ def _write_sparse(source: _Source, end: int, dest_dir: Path, options: DownloadOp
 
 
 def _ranged(
-    reader: RangedReader, first: bytes, frames: FrameSpan, dest_dir: Path, options: DownloadOptions
+    reader: RangedReader, first: bytes, frames: FrameSpan, dest: Path, options: DownloadOptions
 ) -> Path:
     source = _Source(reader, first)
     layout = _find_pixel_data(source)
@@ -437,7 +428,7 @@ def _ranged(
     if not native and layout.pixel_data.length != UNDEFINED:
         raise _NotLocated("encapsulated pixel data of defined length")
     end = (_native if native else _encapsulated)(source, layout, frames)
-    return _write_sparse(source, end, dest_dir, options)
+    return _write_sparse(source, end, dest, options)
 
 
 def fetch_frames(
@@ -477,7 +468,8 @@ def _try_ranged(
 ) -> Fetched | None:
     """The ranged fetch of ``frames``, or None when a whole download must be made."""
     started = time.monotonic()
-    whole_dest = fd.new_download_path(dest_dir)
+    # One fresh name for whichever file results: a server's whole answer, or the sparse file.
+    dest = fd.new_download_path(dest_dir)
     try:
         reader, first = open_reader(
             url,
@@ -486,12 +478,12 @@ def _try_ranged(
             FIRST_READ,
             storage_type=storage_type,
             limits=limits,
-            whole_dest=whole_dest,
+            whole_dest=dest,
         )
     except WholeAnswer as whole:
         return Fetched(whole.download.path, whole.download.identity, whole.download.size, False)
     except BaseException as exc:
-        whole_dest.unlink(missing_ok=True)
+        dest.unlink(missing_ok=True)
         if isinstance(exc, RangeUnsupported):
             return None
         raise
@@ -499,7 +491,7 @@ def _try_ranged(
         try:
             if reader.identity is None:
                 raise RangeUnsupported("no identity for the source")
-            path = _ranged(reader, first, frames, dest_dir, options)
+            path = _ranged(reader, first, frames, dest, options)
         except (RangeUnsupported, _NotLocated, struct.error, ValueError) as exc:
             # A header this walk cannot follow is the whole download's to judge.
             reason = getattr(exc, "reason", type(exc).__name__)

@@ -7,9 +7,9 @@ and frames are passed as arguments, as the handler, batches and triggers pass th
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,37 +18,26 @@ from dicom_converter import RenderLimits, RenderOptions, RenderResult
 from errors import BlockedByPolicy, UpstreamTimeout
 from s3_store import S3Config
 from service_log import RequestLog
-from settings import Settings, load_settings
+from settings import Settings
 from temp_cleaner import TempPolicy
 from tests import servers
 from tests.corpus import bundled_file
 from url_policy import UrlPolicy
 
-
-def settings_for(temp_root: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "temp_root": str(temp_root),
-        "allowed_hosts": "127.0.0.1:*",
-        "download_retries": 0,
-        "connect_timeout_seconds": 2,
-        "read_timeout_seconds": 5,
-        "download_deadline_seconds": 10,
-    }
-    return load_settings({**values, **overrides}, environ={})
+MakeSettings = Callable[..., Settings]
 
 
-def test_rooms_are_derived_once_per_settings_object(temp_root: Path) -> None:
-    settings = settings_for(temp_root)
+def test_rooms_are_derived_once_per_settings_object(make_settings: MakeSettings) -> None:
+    settings = make_settings()
     assert pipeline.rooms(settings) is pipeline.rooms(settings)
-    twin = settings_for(temp_root)
+    twin = make_settings()
     assert twin == settings and twin is not settings
     assert pipeline.rooms(twin) is not pipeline.rooms(settings)
     assert pipeline.rooms(twin) == pipeline.rooms(settings)
 
 
-def test_each_room_receives_its_own_settings(temp_root: Path) -> None:
-    settings = settings_for(
-        temp_root,
+def test_each_room_receives_its_own_settings(temp_root: Path, make_settings: MakeSettings) -> None:
+    settings = make_settings(
         max_download_bytes=1234,
         min_free_tmp_bytes=99,
         max_redirects=3,
@@ -88,10 +77,10 @@ def test_room_defaults_agree_with_the_settings_defaults() -> None:
 
 
 def test_every_frame_comes_from_one_download(
-    http_server: servers.HttpServer, temp_root: Path
+    http_server: servers.HttpServer, temp_root: Path, make_settings: MakeSettings
 ) -> None:
     url = http_server.put("cine.dcm", bundled_file("SC_rgb_rle_2frame.dcm"))
-    rooms = pipeline.rooms(settings_for(temp_root))
+    rooms = pipeline.rooms(make_settings())
     seen: list[RenderResult] = []
 
     def every_frame(first: RenderResult, render_frame: pipeline.RenderFrame) -> list[int]:
@@ -112,10 +101,13 @@ def test_every_frame_comes_from_one_download(
 
 
 def test_the_work_folder_is_removed_when_the_caller_fails(
-    http_server: servers.HttpServer, sample_dicom: Path, temp_root: Path
+    http_server: servers.HttpServer,
+    sample_dicom: Path,
+    temp_root: Path,
+    make_settings: MakeSettings,
 ) -> None:
     url = http_server.put("CT_small.dcm", sample_dicom)
-    rooms = pipeline.rooms(settings_for(temp_root))
+    rooms = pipeline.rooms(make_settings())
 
     def fail(first: RenderResult, render_frame: pipeline.RenderFrame) -> None:
         assert any(temp_root.iterdir())
@@ -127,10 +119,12 @@ def test_the_work_folder_is_removed_when_the_caller_fails(
 
 
 def test_a_policy_argument_replaces_the_rooms_policy_for_one_call(
-    http_server: servers.HttpServer, sample_dicom: Path, temp_root: Path
+    http_server: servers.HttpServer,
+    sample_dicom: Path,
+    make_settings: MakeSettings,
 ) -> None:
     url = http_server.put("CT_small.dcm", sample_dicom)
-    rooms = pipeline.rooms(settings_for(temp_root))
+    rooms = pipeline.rooms(make_settings())
     result = pipeline.fetch_and_render(pipeline.Source(url), RenderOptions(), rooms, "a")
     assert result.width == 128
     hits = http_server.hits("CT_small.dcm")
@@ -142,10 +136,10 @@ def test_a_policy_argument_replaces_the_rooms_policy_for_one_call(
 
 
 def test_a_deadline_argument_shortens_the_download(
-    http_server: servers.HttpServer, temp_root: Path
+    http_server: servers.HttpServer, make_settings: MakeSettings
 ) -> None:
     url = http_server.route("slow.dcm", servers.drip(b"x" * 1000, interval=0.2))
-    rooms = pipeline.rooms(settings_for(temp_root))
+    rooms = pipeline.rooms(make_settings())
     started = time.monotonic()
     with pytest.raises(UpstreamTimeout):
         source = pipeline.Source(url, deadline_seconds=0.5)
