@@ -93,6 +93,16 @@ class Rendition:
         return self.full_info() if self.full_info is not None else self.info
 
 
+def accept_ranks(accept: str | None) -> list[tuple[str, float]]:
+    """Each media range of an Accept header, lower-cased, with its weight (RFC 9110
+    12.4.2, 12.5.1), in the header's order; a weight that is not a number counts 0."""
+    ranks = []
+    for part in (accept or "").split(","):
+        media, _, params = part.partition(";")
+        ranks.append((media.strip().lower(), _weight(params)))
+    return ranks
+
+
 def negotiated_format(accept: str | None, default: str) -> str | None:
     """The output format an Accept header asks for among the image types.
 
@@ -100,26 +110,22 @@ def negotiated_format(accept: str | None, default: str) -> str | None:
     (a browser's ``<img>`` sends ``image/webp,...,image/*``); otherwise the first
     image type of the best quality. None when no image type is acceptable.
     """
-    if not accept:
-        return None
-    ranked: list[tuple[float, int, str]] = []
-    for position, part in enumerate(accept.split(",")):
-        media, _, params = part.partition(";")
-        media = media.strip().lower()
-        quality = _quality(params)
-        if quality > 0 and (media in ACCEPTED_IMAGES or media in WILDCARDS):
-            ranked.append((quality, position, media))
+    ranked = [
+        (weight, media)
+        for media, weight in accept_ranks(accept)
+        if weight > 0 and (media in ACCEPTED_IMAGES or media in WILDCARDS)
+    ]
     if not ranked:
         return None
-    best = max(quality for quality, _, _ in ranked)
-    top = [media for quality, _, media in sorted(ranked, key=lambda r: r[1]) if quality == best]
+    best = max(weight for weight, _ in ranked)
+    top = [media for weight, media in ranked if weight == best]
     default = {"jpeg": "jpg"}.get(default, default)
     if any(media in WILDCARDS or ACCEPTED_IMAGES[media] == default for media in top):
         return default
     return ACCEPTED_IMAGES[top[0]]
 
 
-def _quality(params: str) -> float:
+def _weight(params: str) -> float:
     for param in params.split(";"):
         key, _, value = param.partition("=")
         if key.strip().lower() == "q":

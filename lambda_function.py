@@ -88,7 +88,7 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "/health": ("GET", "OPTIONS"),
 }
 
-IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/*")
+IMAGE_MEDIA_TYPES = (*delivery.ACCEPTED_IMAGES, "image/*")
 JSON_MEDIA_TYPES = ("application/json", "application/*", "*/*")
 
 # The sources read by byte ranges (ranged_reads.RANGED_SOURCES, which imports
@@ -362,24 +362,12 @@ def _unbase64(text: str) -> str:
 
 def prefers_image(accept: str | None) -> bool:
     """True when an Accept header ranks an image type strictly above JSON."""
-    if not accept:
-        return False
     best_image = best_json = 0.0
-    for part in accept.split(","):
-        media, _, params = part.partition(";")
-        media = media.strip().lower()
-        quality = 1.0
-        for param in params.split(";"):
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
+    for media, weight in delivery.accept_ranks(accept):
         if media in IMAGE_MEDIA_TYPES:
-            best_image = max(best_image, quality)
+            best_image = max(best_image, weight)
         if media in JSON_MEDIA_TYPES:
-            best_json = max(best_json, quality)
+            best_json = max(best_json, weight)
     return best_image > best_json
 
 
