@@ -23,14 +23,18 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Protocol
 
 from dicom_codecs import BY_UID
 from errors import CorruptDicom, TooLarge, UnsupportedTransferSyntax
 
 
-class PixelModule(Protocol):
-    """The Image Pixel Module attributes decoding needs (dicom_dataset.ImagePixelModule)."""
+@dataclass(frozen=True)
+class ImagePixelModule:
+    """The validated attributes of the Image Pixel Module (PS3.3 C.7.6.3).
+
+    dicom_dataset reads and validates them; the codestream checks and the decoders
+    compare each frame's own header with them.
+    """
 
     rows: int
     columns: int
@@ -41,6 +45,29 @@ class PixelModule(Protocol):
     photometric_interpretation: str
     frames: int
     is_float: bool
+
+    @property
+    def stored_samples(self) -> int:
+        """Samples one frame stores in uncompressed Pixel Data (PS3.5 8.1.1, 8.2)."""
+        if self.photometric_interpretation == "YBR_FULL_422":
+            # Two chroma samples are shared by each pair of pixels.
+            return self.rows * self.columns * 2
+        return self.rows * self.columns * self.samples_per_pixel
+
+    @property
+    def native_length(self) -> int:
+        """Bytes all frames take in uncompressed Pixel Data."""
+        samples = self.frames * self.stored_samples
+        if self.bits_allocated == 1:
+            # Bit-packed frames follow each other without byte alignment.
+            return (samples + 7) // 8
+        return samples * (self.bits_allocated // 8)
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes one decoded frame takes in memory (1-bit data is unpacked to bytes)."""
+        sample_bytes = max(1, self.bits_allocated // 8)
+        return self.rows * self.columns * self.samples_per_pixel * sample_bytes
 
 
 # Decoders index with signed 32-bit integers; no DICOM frame comes near this.
@@ -110,7 +137,7 @@ def read_stream_header(syntax: str, stream: bytes) -> StreamHeader:
 
 
 def check_frame_stream(
-    syntax: str, stream: bytes, module: PixelModule, max_pixel_bytes: int
+    syntax: str, stream: bytes, module: ImagePixelModule, max_pixel_bytes: int
 ) -> StreamHeader:
     """Refuse a frame whose own header disagrees with the DICOM header or the budget.
 
@@ -136,7 +163,7 @@ def check_frame_stream(
     return header
 
 
-def _check_agrees(name: str, header: StreamHeader, module: PixelModule) -> None:
+def _check_agrees(name: str, header: StreamHeader, module: ImagePixelModule) -> None:
     if (header.rows, header.columns) != (module.rows, module.columns):
         raise CorruptDicom(
             f"the {name} claims {header.rows} x {header.columns} pixels (rows x columns), "
@@ -541,7 +568,7 @@ def _read_rle(stream: bytes) -> StreamHeader:
     return StreamHeader(0, 0, count, 8)
 
 
-def _rle_frame(header: StreamHeader, module: PixelModule) -> StreamHeader:
+def _rle_frame(header: StreamHeader, module: ImagePixelModule) -> StreamHeader:
     name = _NAMES["rle"]
     if module.bits_allocated % 8:
         raise CorruptDicom(

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import io
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from codestream import ImagePixelModule
 from dicom_codecs import (
     BY_UID,
     DEFLATED,
@@ -55,39 +55,6 @@ DEFER_SIZE = 64 * 1024
 SMALL_READ = 1024 * 1024
 # Colour interpretations a JPEG Baseline frame may carry and be returned as it is.
 _PASSTHROUGH_PHOTOMETRIC = ("RGB", "YBR_FULL_422", "YBR_FULL")
-
-
-@dataclass(frozen=True)
-class ImagePixelModule:
-    """The validated attributes of the Image Pixel Module (PS3.3 C.7.6.3)."""
-
-    rows: int
-    columns: int
-    samples_per_pixel: int
-    bits_allocated: int
-    bits_stored: int
-    pixel_representation: int
-    photometric_interpretation: str
-    frames: int
-    is_float: bool
-
-    @property
-    def native_length(self) -> int:
-        """Bytes all frames take in uncompressed Pixel Data (PS3.5 8.1.1, 8.2)."""
-        samples = self.frames * self.rows * self.columns * self.samples_per_pixel
-        if self.photometric_interpretation == "YBR_FULL_422":
-            # Two chroma samples are shared by each pair of pixels.
-            samples = self.frames * self.rows * self.columns * 2
-        if self.bits_allocated == 1:
-            # Bit-packed frames follow each other without byte alignment.
-            return (samples + 7) // 8
-        return samples * (self.bits_allocated // 8)
-
-    @property
-    def frame_bytes(self) -> int:
-        """Bytes one decoded frame takes in memory (1-bit data is unpacked to bytes)."""
-        sample_bytes = max(1, self.bits_allocated // 8)
-        return self.rows * self.columns * self.samples_per_pixel * sample_bytes
 
 
 def read_dataset(path: Path, max_pixel_bytes: int) -> Dataset:

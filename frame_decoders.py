@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import codestream
-from codestream import PixelModule
+from codestream import ImagePixelModule
 from dicom_codecs import BY_UID, DEFLATED, JPEG_BASELINE, NATIVE_SYNTAXES, serving_codec
 from errors import CorruptDicom, ServiceError, UnsupportedImage, parse_error_text
 
@@ -62,7 +62,7 @@ _DCT_SCALES = (8, 4, 2)
 
 
 def decode_frame(
-    ds: Dataset, index: int, module: PixelModule, *, max_pixel_bytes: int, reduce: int = 1
+    ds: Dataset, index: int, module: ImagePixelModule, *, max_pixel_bytes: int, reduce: int = 1
 ) -> np.ndarray:
     """Decode frame `index` (0-based): (rows, columns) or (rows, columns, 3) RGB.
 
@@ -92,7 +92,7 @@ def decode_frame(
     return _checked(arr, module, factor)
 
 
-def frame_stream(ds: Dataset, index: int, module: PixelModule) -> bytes:
+def frame_stream(ds: Dataset, index: int, module: ImagePixelModule) -> bytes:
     """Frame `index`'s codestream, found through the Basic or Extended Offset Table."""
     from pydicom.encaps import get_frame
 
@@ -185,7 +185,7 @@ def _single_frame(ds: Dataset, data: bytes) -> Dataset:
     return one
 
 
-def _native_frame_dataset(ds: Dataset, index: int, module: PixelModule) -> tuple[Dataset, int]:
+def _native_frame_dataset(ds: Dataset, index: int, module: ImagePixelModule) -> tuple[Dataset, int]:
     """(dataset, index) to decode native frame ``index`` from, reading only its bytes.
 
     Bit-packed frames (BitsAllocated 1) need not start on a byte: they are read whole.
@@ -193,8 +193,7 @@ def _native_frame_dataset(ds: Dataset, index: int, module: PixelModule) -> tuple
     located = pixel_data_in_file(ds)
     if located is None or module.bits_allocated % 8 or module.frames == 1:
         return ds, index
-    samples = 2 if module.photometric_interpretation == "YBR_FULL_422" else module.samples_per_pixel
-    length = module.rows * module.columns * samples * module.bits_allocated // 8
+    length = module.stored_samples * module.bits_allocated // 8
     name, offset, stored = located
     start = index * length
     if stored == UNDEFINED_LENGTH or start + length > stored:
@@ -225,7 +224,7 @@ def _run(
     decoder: Callable[..., tuple[np.ndarray, int]],
     stream: bytes,
     header: StreamHeader,
-    module: PixelModule,
+    module: ImagePixelModule,
     syntax: str,
     reduce: int,
 ) -> tuple[np.ndarray, int]:
@@ -251,7 +250,7 @@ def _pydicom_frame(ds: Dataset, index: int) -> np.ndarray:
         raise _decode_failed(exc) from exc
 
 
-def _checked(arr: np.ndarray, module: PixelModule, factor: int) -> np.ndarray:
+def _checked(arr: np.ndarray, module: ImagePixelModule, factor: int) -> np.ndarray:
     expected = (-(-module.rows // factor), -(-module.columns // factor))
     if module.samples_per_pixel > 1:
         expected += (module.samples_per_pixel,)
@@ -260,7 +259,7 @@ def _checked(arr: np.ndarray, module: PixelModule, factor: int) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _float_frame(ds: Dataset, index: int, module: PixelModule) -> np.ndarray:
+def _float_frame(ds: Dataset, index: int, module: ImagePixelModule) -> np.ndarray:
     # Float Pixel Data (7FE0,0008) / Double Float (7FE0,0009): parametric maps.
     keyword = "FloatPixelData" if 0x7FE00008 in ds else "DoubleFloatPixelData"
     dtype = np.dtype("<f4" if keyword == "FloatPixelData" else "<f8")
@@ -313,7 +312,7 @@ def area_average(arr: np.ndarray, factor: int) -> np.ndarray:
 
 
 def _as_stored(
-    arr: np.ndarray, module: PixelModule, family: str, header: StreamHeader
+    arr: np.ndarray, module: ImagePixelModule, family: str, header: StreamHeader
 ) -> np.ndarray:
     """The codec's samples in the dtype of BitsAllocated and PixelRepresentation.
 
@@ -378,7 +377,7 @@ def _jpeg_markers(stream: bytes) -> tuple[bool, bool, bytes]:
     return jfif, adobe, ids
 
 
-def _is_ycbcr(markers: tuple[bool, bool, bytes], module: PixelModule) -> bool:
+def _is_ycbcr(markers: tuple[bool, bool, bytes], module: ImagePixelModule) -> bool:
     """Whether pydicom takes a 3-component JPEG/JPEG-LS frame as YCbCr and converts it.
 
     Its rules (DecodeRunner._conform_jpg_colorspace): "RGB" component IDs mean
@@ -391,7 +390,7 @@ def _is_ycbcr(markers: tuple[bool, bool, bytes], module: PixelModule) -> bool:
 
 
 def _jpeg(
-    stream: bytes, header: StreamHeader, module: PixelModule, syntax: str, reduce: int
+    stream: bytes, header: StreamHeader, module: ImagePixelModule, syntax: str, reduce: int
 ) -> tuple[np.ndarray, int]:
     from imagecodecs import jpeg8_decode
 
@@ -419,7 +418,7 @@ def _jpeg(
 
 def _jpeg_scaled(
     stream: bytes,
-    module: PixelModule,
+    module: ImagePixelModule,
     markers: tuple[bool, bool, bytes],
     ycbcr: bool,
     reduce: int,
@@ -452,7 +451,7 @@ def _jpeg_scaled(
 
 
 def _jpeg_ls(
-    stream: bytes, header: StreamHeader, module: PixelModule, syntax: str, reduce: int
+    stream: bytes, header: StreamHeader, module: ImagePixelModule, syntax: str, reduce: int
 ) -> tuple[np.ndarray, int]:
     from imagecodecs import jpegls_decode
 
@@ -463,7 +462,7 @@ def _jpeg_ls(
 
 
 def _jpeg_xl(
-    stream: bytes, header: StreamHeader, module: PixelModule, syntax: str, reduce: int
+    stream: bytes, header: StreamHeader, module: ImagePixelModule, syntax: str, reduce: int
 ) -> tuple[np.ndarray, int]:
     from imagecodecs import jpegxl_decode
 
@@ -478,7 +477,7 @@ def _jpeg_xl(
 # --- JPEG 2000 (OpenJPEG) and HTJ2K (OpenJPH) ----------------------------------------
 
 
-def _j2k_colour(arr: np.ndarray, module: PixelModule) -> np.ndarray:
+def _j2k_colour(arr: np.ndarray, module: ImagePixelModule) -> np.ndarray:
     # OpenJPEG and OpenJPH undo the stream's own colour transform (YBR_ICT and
     # YBR_RCT come back RGB); YBR_FULL data without one is converted as pydicom does.
     if module.samples_per_pixel == 3 and module.photometric_interpretation in _YBR:
@@ -494,7 +493,7 @@ def _levels(header: StreamHeader, reduce: int) -> int:
 
 
 def _htj2k(
-    stream: bytes, header: StreamHeader, module: PixelModule, syntax: str, reduce: int
+    stream: bytes, header: StreamHeader, module: ImagePixelModule, syntax: str, reduce: int
 ) -> tuple[np.ndarray, int]:
     from imagecodecs import htj2k_decode
 
@@ -528,7 +527,7 @@ def _unraisable_errors() -> Iterator[list[BaseException]]:
 
 
 def _jpeg2000(
-    stream: bytes, header: StreamHeader, module: PixelModule, syntax: str, reduce: int
+    stream: bytes, header: StreamHeader, module: ImagePixelModule, syntax: str, reduce: int
 ) -> tuple[np.ndarray, int]:
     level = _pillow_level(header, module, _levels(header, reduce))
     if level:
@@ -543,7 +542,7 @@ def _jpeg2000(
     return _j2k_colour(_as_stored(arr, module, "jpeg2000", header), module), 1
 
 
-def _pillow_level(header: StreamHeader, module: PixelModule, level: int) -> int:
+def _pillow_level(header: StreamHeader, module: ImagePixelModule, level: int) -> int:
     """The largest level <= `level` Pillow's OpenJPEG can return unscaled.
 
     imagecodecs' jpeg2k_decode has no resolution option; Pillow's has
