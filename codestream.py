@@ -16,6 +16,10 @@ and the pixel budget:
 - JPEG XL (ISO/IEC 18181-1): the SizeHeader and ImageMetadata of a bare
   codestream or of an ISOBMFF container (``jxlc`` / ``jxlp`` boxes).
 
+The Image Pixel Module those headers are compared with (``ImagePixelModule``,
+filled and validated by dicom_dataset) is defined here, where the lowest of the
+modules that use it can import it.
+
 Light on purpose: no numpy or pydicom, only struct and the syntax table.
 """
 
